@@ -1,0 +1,1 @@
+"""The `elastic` command line (click): parse, call the engine, print."""

@@ -1,0 +1,99 @@
+"""How resolved things look to a user: plain dicts for --output json, rich tables for text."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from elastic.model import Chunk, NodeSpec, Project
+
+
+def project_dict(p: Project) -> dict[str, Any]:
+    return {
+        "project": p.name,
+        "source": p.source,
+        "nodes": [node_dict(n) for n in p.nodes],
+        "chunks": [chunk_dict(c) for c in p.chunks],
+        "networks": [{
+            "name": n.name, "kind": n.kind, "cidr": n.cidr, "gateway": n.gateway,
+            "mac_prefix": n.mac_prefix, "range": [n.range_first, n.range_last],
+            "dhcp": n.dhcp, "bridge": n.bridge,
+        } for n in p.networks],
+        "hosts": [{
+            "name": h.name, "uri": h.uri, "domain_type": h.domain_type, "memory": h.memory,
+            "vcpus": h.vcpus, "reserved": {"memory": h.reserved_memory, "vcpus": h.reserved_vcpus},
+            "groups": list(h.groups),
+        } for h in p.hosts],
+        "classes": list(p.classes),
+        "clouds": {k: v.model_dump(mode="json") for k, v in p.clouds.items()},
+        "scaling": p.scaling.model_dump(mode="json") if p.scaling else None,
+        "frontends": {k: v.model_dump(mode="json") for k, v in p.frontends.items()},
+    }
+
+
+def node_dict(n: NodeSpec) -> dict[str, Any]:
+    return {
+        "name": n.name, "fullname": n.fullname, "group": n.group, "classes": list(n.classes),
+        "image": n.image, "memory": n.memory, "vcpus": n.vcpus, "disk": n.disk,
+        "free_space": n.free_space, "host": n.host, "chunk": n.chunk,
+        "interfaces": [{
+            "name": i.name, "network": i.network, "address": i.address, "netmask": i.netmask,
+            "gateway": i.gateway, "mac": i.mac,
+            "routes": [{"to": r.to, "via": r.via} for r in i.routes],
+        } for i in n.interfaces],
+        "nameservers": list(n.nameservers), "search": list(n.search),
+        "users": [{"name": u.name, "groups": list(u.groups), "shell": u.shell, "uid": u.uid,
+                   "ssh_keys": len(u.ssh_keys), "password": u.password is not None}
+                  for u in n.users],
+        "groups": [{"name": g.name, "gid": g.gid} for g in n.groups],
+        "startup": list(n.startup),
+        "files": [{"path": f.path, "mode": f.mode, "owner": f.owner} for f in n.files],
+        "mounts": [{"source": x.source, "target": x.target, "type": x.type,
+                    "options": x.options} for x in n.mounts],
+        "hypervisor": n.hypervisor, "storage": n.storage, "priority": n.priority,
+        "plugins": n.plugins,
+    }
+
+
+def chunk_dict(c: Chunk) -> dict[str, Any]:
+    return {"name": c.name, "nodes": list(c.nodes), "networks": list(c.networks),
+            "memory": c.memory, "vcpus": c.vcpus, "host": c.host}
+
+
+def print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=False))
+
+
+def mib(value: int | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value / 1024:g}G" if value >= 1024 and value % 1024 == 0 else f"{value}M"
+
+
+def print_plan(p: Project, console: Console) -> None:
+    nodes = Table(title=f"project {p.name}: {len(p.nodes)} nodes", title_justify="left")
+    for col in ("node", "classes", "host", "chunk", "memory", "vcpus", "interfaces"):
+        nodes.add_column(col, no_wrap=col != "interfaces")
+    limit = 200
+    for n in p.nodes[:limit]:
+        ifaces = "\n".join(f"{i.name} {i.network} {i.address or 'dhcp'}"
+                           f"{'/' + str(i.prefixlen) if i.prefixlen is not None and i.address else ''}"
+                           f" {i.mac}" for i in n.interfaces) or "-"
+        nodes.add_row(n.name, " > ".join(n.classes) or "-", n.host or "(placement)", n.chunk,
+                      mib(n.memory), str(n.vcpus), ifaces)
+    console.print(nodes)
+    if len(p.nodes) > limit:
+        console.print(f"... and {len(p.nodes) - limit} more nodes (use --output json for all)")
+    chunks = Table(title=f"{len(p.chunks)} chunks (each is placed on one host)",
+                   title_justify="left")
+    for col in ("chunk", "nodes", "private networks", "memory", "vcpus", "host"):
+        chunks.add_column(col)
+    for c in p.chunks[:limit]:
+        names = ", ".join(c.nodes) if len(c.nodes) <= 6 else \
+            f"{', '.join(c.nodes[:5])}, ... ({len(c.nodes)})"
+        chunks.add_row(c.name, names, ", ".join(c.networks) or "-", mib(c.memory),
+                       str(c.vcpus), c.host or "(placement)")
+    console.print(chunks)

@@ -1,0 +1,1 @@
+"""Reconcile, act, record: where the CLI's commands are carried out."""

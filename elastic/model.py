@@ -1,0 +1,209 @@
+"""The resolved model: what a spec means once every class, variable, count and address
+is worked out. Frozen; built by ``elastic.spec``; read by everything else.
+
+Sizes are MiB (int). Addresses are dotted-quad strings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the section schemas are pydantic models; only their types are named here
+    from elastic.spec.schema import CloudSpec, FrontendSpec, ScalingSpec
+
+
+@dataclass(frozen=True)
+class Where:
+    """Where something was written: the user's file and line."""
+
+    file: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        return self.file if self.line is None else f"{self.file}:{self.line}"
+
+
+@dataclass(frozen=True)
+class Route:
+    to: str
+    via: str
+
+
+@dataclass(frozen=True)
+class Interface:
+    name: str                  # eth0
+    network: str               # network name
+    mac: str
+    address: str | None        # None: the network hands it out by DHCP
+    prefixlen: int | None
+    gateway: str | None
+    routes: tuple[Route, ...] = ()
+    model: str = "virtio"
+
+    @property
+    def netmask(self) -> str | None:
+        if self.prefixlen is None:
+            return None
+        bits = (0xFFFFFFFF << (32 - self.prefixlen)) & 0xFFFFFFFF
+        return ".".join(str((bits >> s) & 0xFF) for s in (24, 16, 8, 0))
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    password: str | None = None       # a crypt(3) hash, never plain text
+    ssh_keys: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+    shell: str = "/bin/sh"
+    uid: int | None = None
+    sudo: bool = False
+
+
+@dataclass(frozen=True)
+class Group:
+    name: str
+    gid: int | None = None
+
+
+@dataclass(frozen=True)
+class File:
+    path: str                  # where in the node
+    content: str | None = None
+    source: str | None = None  # a file next to the spec, copied in
+    mode: str = "0644"
+    owner: str = "root"
+
+
+@dataclass(frozen=True)
+class Mount:
+    source: str
+    target: str
+    type: str = "nfs"
+    options: str = "defaults"
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    name: str                  # worker3
+    project: str
+    classes: tuple[str, ...]   # class chain, nearest first: (worker, common)
+    image: str
+    memory: int
+    vcpus: int
+    disk: int | None
+    free_space: int | None
+    interfaces: tuple[Interface, ...]
+    nameservers: tuple[str, ...] = ()
+    search: tuple[str, ...] = ()
+    users: tuple[User, ...] = ()
+    groups: tuple[Group, ...] = ()
+    startup: tuple[str, ...] = ()
+    files: tuple[File, ...] = ()
+    mounts: tuple[Mount, ...] = ()
+    host: str | None = None    # fixed placement (MLN service_host)
+    hypervisor: str | None = None  # required domain type (kvm, qemu, xen), if any
+    storage: str = "qcow2"     # qcow2 overlay (or lvm on hosts that have it)
+    console: str | None = None
+    priority: int = 0          # higher moves last when rebalancing
+    plugins: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    group: str = ""            # the nodes: entry it came from (worker for worker1..N)
+    index: int | None = None   # its number within a count group
+    chunk: str = ""
+    where: Where | None = field(default=None, compare=False)
+
+    @property
+    def fullname(self) -> str:
+        return f"{self.name}.{self.project}"
+
+    def interface(self, name: str) -> Interface:
+        for iface in self.interfaces:
+            if iface.name == name:
+                return iface
+        raise KeyError(name)
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    name: str
+    kind: str                  # private | bridged
+    cidr: str | None           # 10.0.0.0/24; None: a bridged DHCP network of unknown subnet
+    gateway: str | None
+    mac_prefix: str
+    range_first: str | None    # first leasable address
+    range_last: str | None
+    bridge: str | None = None  # for bridged: the host's uplink bridge
+    nameservers: tuple[str, ...] = ()
+    dhcp: bool = False         # addresses come from an outside DHCP server
+    where: Where | None = field(default=None, compare=False)
+
+    @property
+    def prefixlen(self) -> int | None:
+        return None if self.cidr is None else int(self.cidr.split("/")[1])
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    name: str
+    uri: str
+    domain_type: str = "kvm"   # kvm | qemu | xen
+    memory: int | None = None  # MiB; None: ask the host
+    vcpus: int | None = None
+    reserved_memory: int = 0   # kept for the host itself
+    reserved_vcpus: int = 0
+    groups: tuple[str, ...] = ()
+    uplink: str | None = None  # bridge for bridged networks
+    attributes: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    where: Where | None = field(default=None, compare=False)
+
+    @property
+    def usable_memory(self) -> int | None:
+        return None if self.memory is None else self.memory - self.reserved_memory
+
+    @property
+    def usable_vcpus(self) -> int | None:
+        return None if self.vcpus is None else self.vcpus - self.reserved_vcpus
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Nodes joined through private networks, and those networks: placed on one host."""
+
+    name: str
+    nodes: tuple[str, ...]     # node names
+    networks: tuple[str, ...]  # private network names
+    memory: int
+    vcpus: int
+    host: str | None           # fixed by a node's host:, if any
+
+
+@dataclass(frozen=True)
+class Project:
+    name: str
+    source: str                # the spec file
+    nodes: tuple[NodeSpec, ...]
+    networks: tuple[NetworkSpec, ...]
+    hosts: tuple[HostSpec, ...]
+    chunks: tuple[Chunk, ...]
+    classes: tuple[str, ...]
+    clouds: dict[str, CloudSpec] = field(default_factory=dict, hash=False, compare=False)
+    scaling: ScalingSpec | None = field(default=None, hash=False, compare=False)
+    frontends: dict[str, FrontendSpec] = field(default_factory=dict, hash=False, compare=False)
+
+    def node(self, name: str) -> NodeSpec:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(name)
+
+    def network(self, name: str) -> NetworkSpec:
+        for n in self.networks:
+            if n.name == name:
+                return n
+        raise KeyError(name)
+
+    def host(self, name: str) -> HostSpec:
+        for h in self.hosts:
+            if h.name == name:
+                return h
+        raise KeyError(name)
