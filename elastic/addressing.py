@@ -29,7 +29,10 @@ def valid_mac(mac: str) -> bool:
 
 def ip_to_mac(ip: str, prefix: str = DEFAULT_MAC_PREFIX) -> str:
     """10.0.0.5 -> 02:00:0a:00:00:05"""
-    octets = ipaddress.IPv4Address(ip).packed
+    parts = ip.split(".")
+    octets = [int(p) for p in parts] if len(parts) == 4 and all(p.isdigit() for p in parts) else []
+    if len(octets) != 4 or any(o > 255 for o in octets):
+        raise ValueError(f"not an IPv4 address: {ip!r}")
     return prefix.lower() + ":" + ":".join(f"{o:02x}" for o in octets)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from elastic import model as m
@@ -108,9 +108,10 @@ class _Resolver:
         self.problems.raise_if_any()
         self._addresses(nodes)
         self.problems.raise_if_any()
-        node_specs = [self._node_spec(n) for n in nodes]
+        chunk_of = self._chunk_names(nodes)
+        node_specs = [self._node_spec(n, chunk_of[i]) for i, n in enumerate(nodes)]
         self._unique_macs(nodes, node_specs)
-        chunks, node_specs = self._chunks(nodes, node_specs)
+        chunks = self._chunks(nodes, node_specs)
         clouds, scaling, frontends = self._sections(nodes)
         self.problems.raise_if_any()
         return m.Project(
@@ -542,7 +543,7 @@ class _Resolver:
         owners[(iface.network, addr)] = (f"{iface.node}.{iface.name}", where)
 
     # ---------------------------------------------------------------------- node specs
-    def _node_spec(self, node: _Node) -> m.NodeSpec:
+    def _node_spec(self, node: _Node, chunk: str) -> m.NodeSpec:
         st = node.settings
         ifaces = []
         for i in node.ifaces:
@@ -566,7 +567,7 @@ class _Resolver:
             users=users, groups=groups, startup=tuple(st.startup), files=files, mounts=mounts,
             host=node.host, hypervisor=st.hypervisor, storage=st.storage or "qcow2",
             console=st.console, priority=st.priority or 0, plugins=_plain(st.plugins),
-            group=node.group, index=node.index, where=node.where)
+            group=node.group, index=node.index, chunk=chunk, where=node.where)
 
     def _unique_macs(self, nodes: list[_Node], specs: list[m.NodeSpec]) -> None:
         owner: dict[str, str] = {}
@@ -583,8 +584,9 @@ class _Resolver:
                     owner[iface.mac] = who
 
     # --------------------------------------------------------------------------- chunks
-    def _chunks(self, nodes: list[_Node],
-                specs: list[m.NodeSpec]) -> tuple[list[m.Chunk], list[m.NodeSpec]]:
+    def _chunk_names(self, nodes: list[_Node]) -> list[str]:
+        """The chunk of each node: nodes joined through private networks share one, named
+        after those networks; a node on no private network is a chunk of its own."""
         parent: dict[str, str] = {}
 
         def find(x: str) -> str:
@@ -594,28 +596,34 @@ class _Resolver:
                 x = parent[x]
             return x
 
-        for spec in specs:
-            find("n:" + spec.name)
-            for iface in spec.interfaces:
+        for node in nodes:
+            find("n:" + node.name)
+            for iface in node.ifaces:
                 if self.nets[iface.network].spec.kind == "private":
-                    parent[find("n:" + spec.name)] = find("w:" + iface.network)
+                    parent[find("n:" + node.name)] = find("w:" + iface.network)
+        nets_of: dict[str, list[str]] = {}
+        for name in sorted(self.nets):
+            if "w:" + name in parent:
+                nets_of.setdefault(find("w:" + name), []).append(name)
+        return ["+".join(nets_of[root]) if (root := find("n:" + node.name)) in nets_of
+                else node.name for node in nodes]
+
+    def _chunks(self, nodes: list[_Node], specs: list[m.NodeSpec]) -> list[m.Chunk]:
         members: dict[str, list[int]] = {}
         for i, spec in enumerate(specs):
-            members.setdefault(find("n:" + spec.name), []).append(i)
-        nets_of: dict[str, list[str]] = {}
-        for net in self.nets.values():
-            if net.spec.kind == "private" and "w:" + net.spec.name in parent:
-                nets_of.setdefault(find("w:" + net.spec.name), []).append(net.spec.name)
+            members.setdefault(spec.chunk, []).append(i)
         chunks: list[m.Chunk] = []
-        chunk_of: dict[int, str] = {}
-        for root, idx in members.items():
-            networks = tuple(sorted(nets_of.get(root, [])))
-            name = "+".join(networks) if networks else specs[idx[0]].name
+        for name, idx in members.items():
+            networks = tuple(sorted({iface.network for i in idx for iface in specs[i].interfaces
+                                     if self.nets[iface.network].spec.kind == "private"}))
             fixed = {specs[i].host for i in idx if specs[i].host is not None}
             host = None
             if len(fixed) > 1:
-                detail = ", ".join(f"{specs[i].name} on {specs[i].host}" for i in idx
-                                   if specs[i].host is not None)
+                by_host: dict[str, list[str]] = {}
+                for i in idx:
+                    if specs[i].host is not None:
+                        by_host.setdefault(specs[i].host, []).append(specs[i].name)
+                detail = ", ".join(f"{short_list(names)} on {h}" for h, names in by_host.items())
                 self.problems.add(
                     f"chunk {name} joins nodes fixed to different hosts ({detail}); a private "
                     "network lives on one host: fix them to one host or make the network bridged",
@@ -627,9 +635,7 @@ class _Resolver:
             self._fits(name, host, memory, specs, idx, nodes)
             chunks.append(m.Chunk(name, tuple(specs[i].name for i in idx), networks, memory,
                                   vcpus, host))
-            for i in idx:
-                chunk_of[i] = name
-        return chunks, [replace(spec, chunk=chunk_of[i]) for i, spec in enumerate(specs)]
+        return chunks
 
     def _fits(self, chunk: str, host: str | None, memory: int, specs: list[m.NodeSpec],
               idx: list[int], nodes: list[_Node]) -> None:
@@ -721,6 +727,13 @@ def deep_merge(base: SMap, over: SMap, _parent: str | None = None) -> SMap:
         else:
             out.set(k, v, over.key_where.get(k))
     return out
+
+
+def short_list(names: list[str], limit: int = 4) -> str:
+    """'a, b, c' or 'a, b, c, d and 996 more' for messages that must stay readable."""
+    if len(names) <= limit:
+        return ", ".join(names)
+    return f"{', '.join(names[:limit])} and {len(names) - limit} more"
 
 
 def _without(raw: SMap, keys: frozenset[str]) -> SMap:
