@@ -17,6 +17,8 @@ def _plain(value: Any) -> Any:
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (SList, list)):
         return [_plain(v) for v in value]
+    if isinstance(value, str):
+        return value.replace("${", "$${")   # read back literally, not as a variable
     return value
 
 

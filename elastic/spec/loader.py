@@ -14,7 +14,7 @@ from elastic.model import Where
 from elastic.spec.source import SList, SMap, parse_yaml, read_text, where_at
 
 MERGED_SECTIONS = ("networks", "hosts", "classes", "nodes", "clouds", "frontends")
-_VAR_RE = re.compile(r"\$\{([^}]*)\}")
+_VAR_RE = re.compile(r"\$\$\{|\$\{([^}]*)\}")   # $${ is a literal ${ (for shell commands)
 
 
 def display_path(path: Path) -> str:
@@ -146,9 +146,10 @@ def _lookup(n: str, raw: SMap, chain: tuple[str, ...], get: Any, w: Where | None
 
 def _expand(text: str, lookup: Any) -> Any:
     whole = _VAR_RE.fullmatch(text)
-    if whole:
+    if whole and whole.group(1) is not None:
         return lookup(whole.group(1).strip())
-    return _VAR_RE.sub(lambda m: str(lookup(m.group(1).strip())), text)
+    return _VAR_RE.sub(lambda m: "${" if m.group(1) is None else str(lookup(m.group(1).strip())),
+                       text)
 
 
 def _subst(value: Any, values: dict[str, Any], path: tuple[Any, ...], root: SMap) -> Any:

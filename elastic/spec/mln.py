@@ -47,12 +47,16 @@ network IFACE { ... } / network { IFACE {} }   interfaces.IFACE
   address A / netmask M / gateway G            address (dhcp, auto kept) / netmask / gateway
   hwaddress X  or  mac X                       mac: X
   broadcast B                                  ignored (it follows from address and netmask)
-users { NAME [HASH] ... }                      users.NAME: {password: HASH} (or {})
+users { NAME [HASH] ... }                      users.NAME: {password: HASH} (or {}); a user a
+                                               line, or NAME $HASH pairs on one line
 groups { GROUP MEMBER ... }                    groups.GROUP: {}; GROUP added to users.MEMBER.groups
-startup { ... }                                startup: [each non-empty line, raw]
+startup { ... }                                startup: [each non-empty line, raw]; it ends at
+                                               the '}' that balances its '{' (shell braces and
+                                               quotes inside commands are fine)
 mount { SRC TARGET [TYPE [OPTIONS]] }          mounts: [{source, target, type, options}]
 vcpus, priority, search, description, ...      passed through under the same name
 any other block  NAME { ... }                  plugins.NAME: nested mapping (repeats: lists)
+any other block  NAME ARG { ... }              plugins.NAME.ARG: nested mapping
 any other keyword  KEY VALUE...                plugins.KEY: "VALUE..."
 =============================================  ===============================================
 
@@ -68,6 +72,8 @@ autoenum's ``net`` counts as an address). An interface with no switch is on the 
 uplink: it is put on a bridged network ``uplink`` (``uplink2``, ... for further subnets)
 with that subnet and the interface's gateway; an uplink interface without a static address
 (``address dhcp`` or none) goes on a bridged network with ``dhcp: true`` and no cidr.
+Interfaces name a switch declared with ``switch NAME { }``; a switch no interface gives a
+subnet to is an error (or give it one: ``switch lan { cidr 10.0.0.0/24 }``).
 
 Hosts. Every ``service_host`` (and autoenum service host) gets an entry
 ``hosts.NAME: {uri: qemu+ssh://NAME/system}`` to edit as needed.
@@ -97,7 +103,8 @@ _ONE_VALUE = {
     "switch": "switch lan", "address": "address 10.0.0.1", "netmask": "netmask 255.255.255.0",
     "gateway": "gateway 10.0.0.254", "broadcast": "broadcast 10.0.0.255",
     "project": "project webfarm", "hwaddress": "hwaddress 02:00:0a:00:00:01",
-    "mac": "mac 02:00:0a:00:00:01", "numhosts": "numhosts 8", "addresses_begin": "addresses_begin 10",
+    "mac": "mac 02:00:0a:00:00:01", "numhosts": "numhosts 8",
+    "addresses_begin": "addresses_begin 10",
     "net": "net 10.0.0.0", "hostname": "hostname compute", "prefix": "prefix compute",
 }
 _SETTINGS = {"memory": "memory", "size": "disk", "free_space": "free_space", "template": "image",
@@ -109,6 +116,8 @@ _IFACE = {"switch": "network", "address": "address", "netmask": "netmask", "gate
           "hwaddress": "mac", "mac": "mac"}
 _AUTOENUM_ARGS = ("superclass", "numhosts", "address", "addresses_begin", "net", "hostname",
                   "prefix")
+# Words that cannot start a statement inside a host or superclass: meeting one there means
+# the block's '}' is missing, which is reported at the block's '{'.
 _TOP_WORDS = frozenset({"global", "host", "switch"})
 _CRYPT_RE = re.compile(r"^\$(?:1|2[abxy]?|5|6|7|y|gy|md5|sha1)\$")
 _VAR_RE = re.compile(r"\$(?:\[(?P<b>[^\]\s]*)(?P<close>\])?|(?P<n>[A-Za-z_]\w*))")
@@ -145,7 +154,12 @@ def _read(path: Path, name: str, chain: tuple[tuple[Path, str], ...],
     if any(p == real for p, _ in chain):
         assert origin is not None
         raise _err(f"include cycle: {' -> '.join([*names, name])}", origin)
-    text = read_text(path, origin, "#include")
+    try:
+        text = read_text(path, origin, "#include")
+    except ConfigError as e:
+        if origin is None or e.line is not None:
+            raise
+        raise _err(f"cannot #include {name}: {e.problems[0].message}", origin) from None
     out: list[_Line] = []
     for number, raw in enumerate(text.splitlines(), 1):
         _split_line(raw, Where(name, number), path, (*chain, (real, name)), out)
@@ -172,12 +186,13 @@ def _split_line(text: str, where: Where, path: Path, chain: tuple[tuple[Path, st
 
 
 def _comment_start(text: str) -> int | None:
-    """Where a comment starts: a '#' that begins a word, outside double quotes."""
+    """Where a comment starts: a '#' that begins a word, outside a "quoted value"."""
     quoted = False
     for i, ch in enumerate(text):
-        if ch == '"':
+        word_start = i == 0 or text[i - 1].isspace() or text[i - 1] in "{};"
+        if ch == '"' and (quoted or word_start):
             quoted = not quoted
-        elif ch == "#" and not quoted and (i == 0 or text[i - 1].isspace() or text[i - 1] in "{};"):
+        elif ch == "#" and not quoted and word_start:
             return i
     return None
 
@@ -250,19 +265,18 @@ class _Lexer:
         out: list[tuple[str, Where]] = []
         while row < len(self.lines):
             line = self.lines[row]
-            end = _closing_brace(line.text, col, depth)
-            if isinstance(end, int):
-                _add_raw(out, line.text[col:end], line.where)
+            end, depth = _closing_brace(line.text, col, depth)
+            _add_raw(out, line.text[col:end], line.where)
+            if end is not None:
                 self.row, self.col = row, end + 1
                 return out
-            depth = end[0]
-            _add_raw(out, line.text[col:], line.where)
             row, col = row + 1, 0
         raise _unclosed(opener, what)
 
 
-def _closing_brace(text: str, col: int, depth: int) -> int | tuple[int]:
-    """The index of the '}' that closes the block, or (depth,) at the end of the line."""
+def _closing_brace(text: str, col: int, depth: int) -> tuple[int | None, int]:
+    """Where on this line the '}' closing a raw block is (None: not on it), and the brace
+    depth reached. Braces inside quotes or after a backslash do not count."""
     quote = ""
     i = col
     while i < len(text):
@@ -277,10 +291,10 @@ def _closing_brace(text: str, col: int, depth: int) -> int | tuple[int]:
             depth += 1
         elif ch == "}":
             if depth == 0:
-                return i
+                return i, depth
             depth -= 1
         i += 1
-    return (depth,)
+    return None, depth
 
 
 def _add_raw(out: list[tuple[str, Where]], text: str, where: Where) -> None:
@@ -552,26 +566,23 @@ class _Parser:
             self._startup(self._open(kw, "startup"), _list(target, "startup", kw.where))
         elif k == "mount":
             self._mounts(self._open(kw, "mount"), _list(target, "mounts", kw.where))
-        elif self._next_is_open():
-            plugins = _map(target, "plugins", kw.where)
-            _add_repeat(plugins, k, self._plugin(self._take(), f"block {k}"), kw.where)
+        elif k in _PASSTHROUGH and not self._next_is_open():
+            self._passthrough(kw, target)
         else:
-            self._line_setting(kw, target)
+            self._plugin_entry(kw, _map(target, "plugins", kw.where))
 
-    def _line_setting(self, kw: _Tok, target: SMap) -> None:
-        """A keyword elastic has no special meaning for: pass it through or to plugins."""
+    def _passthrough(self, kw: _Tok, target: SMap) -> None:
+        """An elastic setting MLN does not have (vcpus, search, ...): kept under its name."""
         values = [t.text for t in self._rest(kw)]
+        if not values:
+            raise _err(f"'{kw.text}' needs a value on the same line", kw.where)
         if kw.text == "search":
             lst = _list(target, "search", kw.where)
             for v in values:
                 lst.add(v, kw.where)
-        elif kw.text in _PASSTHROUGH:
-            if not values:
-                raise _err(f"'{kw.text}' needs a value on the same line", kw.where)
-            value = " ".join(values)
-            target.set(kw.text, _scalar(value) if kw.text in _INTEGERS else value, kw.where)
-        else:
-            _add_repeat(_map(target, "plugins", kw.where), kw.text, " ".join(values), kw.where)
+            return
+        value = " ".join(values)
+        target.set(kw.text, _scalar(value) if kw.text in _INTEGERS else value, kw.where)
 
     # -------------------------------------------------------------------------- interfaces
     def _network(self, kw: _Tok, ifaces: SMap) -> None:
@@ -652,17 +663,25 @@ class _Parser:
     def _plugin(self, opener: _Tok, what: str) -> SMap:
         """A block elastic does not interpret: a nested mapping of its lines."""
         out = SMap(where=opener.where)
-
-        def entry(kw: _Tok) -> None:
-            key = self._tok(kw)
-            if self._next_is_open():
-                _add_repeat(out, key.text, self._plugin(self._take(), f"block {key.text}"),
-                            kw.where)
-            else:
-                _add_repeat(out, key.text, " ".join(t.text for t in self._rest(kw)), kw.where)
-
-        self._block(opener, what, entry)
+        self._block(opener, what, lambda kw: self._plugin_entry(kw, out))
         return out
+
+    def _plugin_entry(self, kw: _Tok, out: SMap) -> None:
+        """``KEY VALUE...``, ``KEY { ... }`` or ``KEY NAME { ... }`` (-> KEY: {NAME: {...}})."""
+        key = self._tok(kw).text
+        values = " ".join(t.text for t in self._rest(kw))
+        if not self._next_is_open():
+            _add_repeat(out, key, values, kw.where)
+            return
+        block = self._plugin(self._take(), f"block {key}")
+        if not values:
+            _add_repeat(out, key, block, kw.where)
+            return
+        holder = out.get(key)
+        if not isinstance(holder, SMap):
+            holder = SMap(where=kw.where)
+            _add_repeat(out, key, holder, kw.where)
+        _add_repeat(holder, values, block, kw.where)
 
     # ------------------------------------------------------------------------- switches
     def _switch(self, name: _Tok, opener: _Tok) -> None:
@@ -708,10 +727,8 @@ class _Parser:
                 args[k.text] = (self._arg(k), k.where)
             elif k.is_("service_hosts"):
                 servers, servers_at = self._service_hosts(self._open(k, "service_hosts")), k.where
-            elif self._next_is_open():
-                _add_repeat(extra, k.text, self._plugin(self._take(), f"block {k.text}"), k.where)
             else:
-                _add_repeat(extra, k.text, " ".join(t.text for t in self._rest(k)), k.where)
+                self._plugin_entry(k, extra)
 
         self._block(opener, "autoenum", entry, _TOP_WORDS)
         node = self._autoenum_node(kw, args)
@@ -790,7 +807,8 @@ class _Parser:
         return chain
 
     def _attached(self, name: str, node: SMap) -> Iterator[_Attached]:
-        layers = [e["interfaces"] for e in self._chain(node) if isinstance(e.get("interfaces"), SMap)]
+        layers = [e["interfaces"] for e in self._chain(node)
+                  if isinstance(e.get("interfaces"), SMap)]
         order: list[str] = []
         for ifaces in reversed(layers):
             order += [i for i in ifaces if i not in order]

@@ -220,3 +220,15 @@ classes:
   b: {vcpus: zero}
 """))
     assert len(e.value.problems) == 2
+
+
+def test_double_dollar_keeps_a_literal_dollar_brace_for_the_shell(write):
+    p = load_project(write("c.yaml", """
+project: sh
+vars: {who: world}
+nodes:
+  a:
+    image: tiny
+    startup: ["echo ${who} $${HOME}"]
+"""))
+    assert p.node("a").startup == ("echo world ${HOME}",)
