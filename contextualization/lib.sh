@@ -160,6 +160,13 @@ ctx_get() {
     eval "printf '%s' \"\${$1:-}\""
 }
 
+# ctx_let DEST NAME: set variable DEST to the value of NAME (empty if unset), without the
+# subshell that `$(ctx_get NAME)` costs; for loops over many indices.
+ctx_let() {
+    valid_var_name "$1" && valid_var_name "$2" || return 1
+    eval "$1=\${$2:-}"
+}
+
 # lower S: S in lower case.
 lower() {
     printf '%s' "$1" | tr 'A-Z' 'a-z'
