@@ -25,6 +25,13 @@ def display_path(path: Path) -> str:
         return str(path)
 
 
+def _relative(path: Path, base: Path) -> str:
+    try:
+        return str(path.relative_to(base))
+    except ValueError:
+        return str(path)
+
+
 def load_document(path: str | Path) -> SMap:
     """The raw document of a spec file, with includes merged and ``${vars}`` substituted."""
     path = Path(path)
@@ -38,7 +45,8 @@ def load_document(path: str | Path) -> SMap:
 def _load_yaml_tree(path: Path, stack: tuple[Path, ...], referenced_from: Where | None) -> SMap:
     real = path.resolve()
     if real in stack:
-        chain = " -> ".join(display_path(p) for p in (*stack, real))
+        cycle = (*stack[stack.index(real):], real)
+        chain = " -> ".join(_relative(p, stack[0].parent) for p in cycle)
         assert referenced_from is not None
         raise ConfigError(f"include cycle: {chain}", referenced_from.file, referenced_from.line,
                           "include")

@@ -161,7 +161,7 @@ class _Resolver:
             where = raw_section.where_of(name)
             if not _HOSTNAME_RE.match(name):
                 self.problems.add(f"'{name}' is not a valid network name", where, key)
-            blk = validate_block(s.NetworkBlock, raw, key, self.problems)
+            blk = validate_block(s.NetworkBlock, raw, key, self.problems, where)
             if blk is None:
                 continue
             net = self._network(name, blk, raw if isinstance(raw, SMap) else SMap(), where)
@@ -228,7 +228,7 @@ class _Resolver:
             where = raw_section.where_of(name)
             if not _HOSTNAME_RE.match(name):
                 self.problems.add(f"'{name}' is not a valid host name", where, key)
-            blk = validate_block(s.HostBlock, raw, key, self.problems)
+            blk = validate_block(s.HostBlock, raw, key, self.problems, where)
             if blk is None:
                 continue
             if blk.memory is not None and blk.reserved.memory >= blk.memory:
@@ -258,7 +258,8 @@ class _Resolver:
             if not _HOSTNAME_RE.match(name) and not re.match(r"^[A-Za-z0-9_-]+$", name):
                 self.problems.add(f"'{name}' is not a valid class name", raw_section.where_of(name), key)
             raw = _normalise(raw)
-            blk = validate_block(s.ClassBlock, raw, key, self.problems)
+            blk = validate_block(s.ClassBlock, raw, key, self.problems,
+                                 raw_section.where_of(name))
             if blk is None:
                 continue
             blocks[name] = raw if isinstance(raw, SMap) else SMap(where=raw_section.where_of(name))
@@ -304,7 +305,7 @@ class _Resolver:
             key = f"nodes.{group}"
             gwhere = raw_section.where_of(group)
             raw = _normalise(raw)
-            blk = validate_block(s.NodeBlock, raw, key, self.problems)
+            blk = validate_block(s.NodeBlock, raw, key, self.problems, gwhere)
             if blk is None:
                 continue
             assert isinstance(raw, SMap) or raw is None
@@ -322,7 +323,7 @@ class _Resolver:
                 chain = self.class_chain[blk.class_]
                 base = self.class_raw[blk.class_]
             merged = deep_merge(base, _without(raw, s.NODE_ONLY_KEYS))
-            settings = validate_block(s.SettingsBlock, merged, key, self.problems)
+            settings = validate_block(s.SettingsBlock, merged, key, self.problems, gwhere)
             if settings is None:
                 continue
             if settings.image is None:
@@ -661,7 +662,8 @@ class _Resolver:
         clouds: dict[str, s.CloudSpec] = {}
         raw_clouds = self.section("clouds")
         for name, raw in raw_clouds.items():
-            blk = validate_block(s.CloudSpec, raw, f"clouds.{name}", self.problems)
+            blk = validate_block(s.CloudSpec, raw, f"clouds.{name}", self.problems,
+                                 raw_clouds.where_of(name))
             if blk is not None:
                 self._node_ref(blk.vpn.hub, node_names, where_at(raw, ("vpn", "hub")),
                                f"clouds.{name}.vpn.hub")
@@ -669,7 +671,8 @@ class _Resolver:
         scaling = None
         if self.doc.get("scaling") is not None:
             raw = self.doc["scaling"]
-            scaling = validate_block(s.ScalingSpec, raw, "scaling", self.problems)
+            scaling = validate_block(s.ScalingSpec, raw, "scaling", self.problems,
+                                     self.doc.where_of("scaling"))
             if scaling is not None:
                 self._group_ref(scaling.group, where_at(raw, ("group",)), "scaling.group",
                                 need_count=True)
@@ -681,8 +684,10 @@ class _Resolver:
                         self.problems.add(f"unknown cloud '{cloud}'" + did_you_mean(cloud, clouds),
                                           where_at(raw, ("burst", i)), "scaling.burst")
         frontends: dict[str, s.FrontendSpec] = {}
-        for name, raw in self.section("frontends").items():
-            blk = validate_block(s.FrontendSpec, raw, f"frontends.{name}", self.problems)
+        raw_frontends = self.section("frontends")
+        for name, raw in raw_frontends.items():
+            blk = validate_block(s.FrontendSpec, raw, f"frontends.{name}", self.problems,
+                                 raw_frontends.where_of(name))
             if blk is not None:
                 self._group_ref(blk.group, where_at(raw, ("group",)), f"frontends.{name}.group",
                                 need_count=True)

@@ -37,8 +37,10 @@ class Problems:
         return bool(self.items)
 
 
-def validate_block(model: type[M], raw: Any, key: str, problems: Problems) -> M | None:
-    """The block as a model, or None after adding its problems."""
+def validate_block(model: type[M], raw: Any, key: str, problems: Problems,
+                   where: Where | None = None) -> M | None:
+    """The block as a model, or None after adding its problems. ``where`` is the line that
+    names the block (for complaints about the block as a whole)."""
     if not isinstance(raw, SMap):
         if raw is None:
             raw = SMap(where=getattr(raw, "where", None))
@@ -51,7 +53,9 @@ def validate_block(model: type[M], raw: Any, key: str, problems: Problems) -> M 
     except ValidationError as e:
         for err in e.errors():
             loc = _clean_loc(raw, err["loc"])
-            problems.add(_message(model, err, loc), where_at(raw, loc),
+            at = where if where is not None and (not loc or err["type"] == "missing") \
+                else where_at(raw, loc)
+            problems.add(_message(model, err, loc), at,
                          ".".join([key, *map(str, loc)]))
         return None
 

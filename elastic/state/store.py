@@ -25,7 +25,7 @@ from typing import Any
 
 from elastic.errors import ConfigError, PermanentError, TransientError
 from elastic.lifecycle import State, check_transition
-from elastic.state.migrations import migrate
+from elastic.state.migrations import SCHEMA_VERSION, migrate
 
 DB_NAME = "elastic.db"
 LOCK_DIR = "locks"
@@ -185,10 +185,20 @@ class Store:
         self._conn = conn
         self.state_dir = state_dir
 
+    @staticmethod
+    def exists(state_dir: Path | str) -> bool:
+        """Whether a state database is there (without creating anything)."""
+        return (Path(state_dir).expanduser() / DB_NAME).is_file()
+
     @classmethod
-    def open(cls, state_dir: Path | str) -> Store:
-        """Open (creating the directory, the file and the schema if needed) and migrate."""
+    def open(cls, state_dir: Path | str, *, readonly: bool = False) -> Store:
+        """Open (creating the directory, the file and the schema if needed) and migrate.
+
+        ``readonly``: open an existing database for reading only; creates and migrates
+        nothing (for commands that promise to change nothing)."""
         state_dir = Path(state_dir).expanduser()
+        if readonly:
+            return cls(cls._connect_readonly(state_dir / DB_NAME), state_dir)
         _make_private_dir(state_dir)
         path = state_dir / DB_NAME
         # Two processes switching a new file to WAL at once get SQLITE_BUSY without waiting,
@@ -216,6 +226,29 @@ class Store:
         except sqlite3.DatabaseError as e:
             conn.close()
             raise _translate(e, f"{path}: cannot open the state database") from e
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    @staticmethod
+    def _connect_readonly(path: Path) -> sqlite3.Connection:
+        if not path.is_file():
+            raise NotFound(f"{path}: no state database here")
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT,
+                               isolation_level=None)
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version != SCHEMA_VERSION:
+                raise PermanentError(
+                    f"{path}: the state database has schema version {version} and this elastic "
+                    f"reads version {SCHEMA_VERSION}; run a command that changes state (or a "
+                    "matching elastic) first")
+        except sqlite3.DatabaseError as e:
+            conn.close()
+            raise _translate(e, f"{path}: cannot read the state database") from e
         except BaseException:
             conn.close()
             raise
@@ -509,7 +542,7 @@ class Store:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             try:
-                (lambda *a: None)(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
             except BlockingIOError:
                 pid, command = _parse_holder(os.pread(fd, 4096, 0))
                 raise LockHeld(project, pid, command, path) from None

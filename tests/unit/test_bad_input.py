@@ -8,6 +8,7 @@ the spec with ``# <-``; a case without a marker expects no particular line.
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 import textwrap
 from pathlib import Path
 
@@ -323,9 +324,16 @@ def state_dir(tmp_path: Path) -> Path:
     return d
 
 
-def _snapshot(d: Path) -> dict[str, str]:
-    return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(d.rglob("*")) if p.is_file()}
+def _snapshot(d: Path) -> tuple[list[str], str]:
+    """The files of the state dir (but SQLite's own -wal/-shm) and the database's content."""
+    files = sorted(str(p.relative_to(d)) for p in d.rglob("*")
+                   if p.is_file() and not p.name.endswith(("-wal", "-shm")))
+    conn = sqlite3.connect(d / "elastic.db")
+    try:
+        dump = "\n".join(conn.iterdump())
+    finally:
+        conn.close()
+    return files, hashlib.sha256(dump.encode()).hexdigest()
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

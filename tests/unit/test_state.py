@@ -10,7 +10,9 @@ import stat
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
+def store(tmp_path: Path) -> Iterator[Store]:
     s = Store.open(tmp_path / "state")
     s.put_project("web", "/specs/web.yaml", "hash1", T0)
     yield s
@@ -347,10 +349,10 @@ def test_plans(store: Store) -> None:
 
 # --- the per-project lock -------------------------------------------------------------------
 
-def hold_lock(state_dir: str, project: str, ready: object, release: object) -> None:
+def hold_lock(state_dir: str, project: str, ready: Any, release: Any) -> None:
     with Store.open(state_dir) as s, s.lock(project):
-        ready.set()  # type: ignore[attr-defined]
-        release.wait(60)  # type: ignore[attr-defined]
+        ready.set()
+        release.wait(60)
 
 
 def test_lock_records_the_holder_and_is_reusable(store: Store) -> None:
@@ -407,8 +409,8 @@ def test_lock_of_a_killed_holder_is_free(store: Store) -> None:
 N = 200
 
 
-def writer(state_dir: str, tag: str, start: object) -> None:
-    start.wait(30)  # type: ignore[attr-defined]
+def writer(state_dir: str, tag: str, start: Any) -> None:
+    start.wait(30)
     with Store.open(state_dir) as s:  # both open (and migrate) a fresh directory at once
         s.put_project("race", "race.yaml", "h", T0)
         for i in range(N):
@@ -437,3 +439,17 @@ def test_two_processes_write_concurrently_without_loss(tmp_path: Path) -> None:
     conn = sqlite3.connect(state_dir / DB_NAME)
     assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
     assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+
+
+def test_readonly_open_reads_and_cannot_write(tmp_path):
+    from elastic.state import Store
+    assert not Store.exists(tmp_path / "s")
+    with Store.open(tmp_path / "s") as store:
+        store.put_project("p", "p.yaml", "0" * 64, 1.0)
+    assert Store.exists(tmp_path / "s")
+    with Store.open(tmp_path / "s", readonly=True) as ro:
+        assert [p.name for p in ro.list_projects()] == ["p"]
+        with pytest.raises(Exception):
+            ro.put_project("q", "q.yaml", "0" * 64, 2.0)
+    with Store.open(tmp_path / "s", readonly=True) as ro:
+        assert [p.name for p in ro.list_projects()] == ["p"]
