@@ -95,3 +95,27 @@ def check_transition(src: State | str, dst: State | str) -> None:
     src, dst = State(src), State(dst)
     if not can_transition(src, dst):
         raise InvalidTransition(src, dst)
+
+
+def path(src: State | str, dst: State | str) -> list[State]:
+    """The shortest chain of allowed moves from ``src`` to ``dst`` (excluding ``src``);
+    raises InvalidTransition if there is none. Used to walk a node down (e.g. RUNNING ->
+    SHUTDOWN -> EPILOG -> DONE) with every step recorded."""
+    src, dst = State(src), State(dst)
+    if src == dst:
+        return []
+    seen = {src: None}
+    queue = [src]
+    for state in queue:
+        for nxt in sorted(TRANSITIONS[state]):
+            if nxt == State.FAILED and dst != State.FAILED:
+                continue   # a planned walk never passes through FAILED
+            if nxt not in seen:
+                seen[nxt] = state
+                if nxt == dst:
+                    out = [nxt]
+                    while (prev := seen[out[-1]]) is not None and prev != src:
+                        out.append(prev)
+                    return out[::-1]
+                queue.append(nxt)
+    raise InvalidTransition(src, dst)

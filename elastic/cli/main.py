@@ -23,6 +23,9 @@ output_option = click.option(
     "--output", "-o", type=click.Choice(["text", "json"]), default="text", show_default=True,
     help="How to print data: tables for people, JSON for programs.")
 
+lab_option = click.option("--lab", is_flag=True,
+                          help="Run on the hosts of `elastic lab up` (the spec names none).")
+
 spec_argument = click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
 
 
@@ -99,15 +102,16 @@ def validate(obj: Ctx, spec: Path, output: str) -> None:
 @cli.command()
 @spec_argument
 @output_option
+@lab_option
 @click.pass_obj
 @handles_errors
-def plan(obj: Ctx, spec: Path, output: str) -> None:
+def plan(obj: Ctx, spec: Path, output: str, lab: bool) -> None:
     """Show the resolved project: every node with its class chain, host, chunk, memory,
     vcpus and interfaces (address and MAC), and the chunks with their total memory.
 
     Addresses leased in an earlier run (in the state database) are kept. Changes nothing."""
     from elastic.engine.projects import resolve_with_state
-    project = resolve_with_state(spec, obj.state_dir)
+    project = resolve_with_state(spec, obj.state_dir, lab=lab)
     if output == "json":
         render.print_json(render.project_dict(project))
     else:
@@ -129,6 +133,188 @@ def import_mln(mln_file: Path, check: bool) -> None:
     if check:
         resolve(load_document(mln_file), display_path(mln_file))
     click.echo(text, nl=False)
+
+
+# ----------------------------------------------------------------------- lifecycle
+
+def _cluster(obj: Ctx, reporter=None, boot_timeout: float | None = None):
+    from elastic.engine.cluster import BOOT_TIMEOUT, Cluster
+    return Cluster(obj.state_dir, reporter=reporter, boot_timeout=boot_timeout or BOOT_TIMEOUT)
+
+
+def _print_outcome(obj: Ctx, verb: str, outcome, output: str) -> None:
+    data = {"running": sorted(outcome.running), "failed": outcome.failed,
+            "removed": sorted(outcome.removed), "seconds": round(outcome.seconds, 2)}
+    if output == "json":
+        render.print_json(data)
+        return
+    obj.out.print(f"{verb}: {len(outcome.running)} running, {len(outcome.failed)} failed, "
+                  f"{len(outcome.removed)} removed in {outcome.seconds:.1f} s")
+    for node, why in sorted(outcome.failed.items()):
+        obj.out.print(f"  [red]FAILED[/red] {node}: {why}")
+
+
+@cli.command()
+@spec_argument
+@output_option
+@lab_option
+@click.option("--boot-timeout", type=float, default=None, help="Seconds a node may take to boot.")
+@click.pass_obj
+@handles_errors
+def up(obj: Ctx, spec: Path, output: str, lab: bool, boot_timeout: float | None) -> None:
+    """Build and start the project: networks, disks, context, VMs; wait until every node is
+    ready. Running it again converges (does nothing if all is up)."""
+    from elastic.cli.progress import RichReporter
+    from elastic.engine.projects import resolve_with_state
+    project = resolve_with_state(spec, obj.state_dir, lab=lab)
+    reporter = RichReporter(obj.err)
+    cluster = _cluster(obj, reporter, boot_timeout)
+    try:
+        with reporter:
+            outcome = cluster.up(spec, project, lab=lab)
+    finally:
+        cluster.close()
+    _print_outcome(obj, f"up {project.name}", outcome, output)
+    if outcome.failed:
+        sys.exit(EXIT_FAILED)
+
+
+@cli.command()
+@click.argument("project")
+@output_option
+@click.pass_obj
+@handles_errors
+def down(obj: Ctx, project: str, output: str) -> None:
+    """Stop and remove everything PROJECT made: domains, disks, bridges, leases."""
+    from elastic.cli.progress import RichReporter
+    reporter = RichReporter(obj.err)
+    cluster = _cluster(obj, reporter)
+    try:
+        with reporter:
+            outcome = cluster.down(project)
+    finally:
+        cluster.close()
+    _print_outcome(obj, f"down {project}", outcome, output)
+
+
+@cli.command()
+@click.argument("project")
+@output_option
+@click.pass_obj
+@handles_errors
+def stop(obj: Ctx, project: str, output: str) -> None:
+    """Shut PROJECT's nodes down (ACPI, then force after a timeout); disks are kept."""
+    cluster = _cluster(obj)
+    try:
+        outcome = cluster.stop(project)
+    finally:
+        cluster.close()
+    _print_outcome(obj, f"stop {project}", outcome, output)
+
+
+@cli.command()
+@click.argument("project")
+@output_option
+@click.pass_obj
+@handles_errors
+def start(obj: Ctx, project: str, output: str) -> None:
+    """Start a stopped PROJECT again (from the spec file it was brought up with)."""
+    from elastic.engine.projects import recorded_spec
+    spec, lab = recorded_spec(obj.state_dir, project)
+    ctx = click.get_current_context()
+    ctx.invoke(up, spec=spec, output=output, lab=lab, boot_timeout=None)
+
+
+@cli.command()
+@click.argument("project", required=False)
+@output_option
+@click.pass_obj
+@handles_errors
+def status(obj: Ctx, project: str | None, output: str) -> None:
+    """Per host: projects, VMs, memory used and available, groups. Per node: state, host,
+    addresses, uptime."""
+    from elastic.engine.status import collect
+    report = collect(obj.state_dir, project)
+    if output == "json":
+        render.print_json(report)
+    else:
+        render.print_status(report, obj.out)
+
+
+@cli.command()
+@click.argument("node")
+@click.pass_obj
+@handles_errors
+def console(obj: Ctx, node: str) -> None:
+    """Attach to NODE's serial console (NODE or NODE.PROJECT; leave with Ctrl-]."""
+    from elastic.engine.status import console_command
+    argv = console_command(obj.state_dir, node)
+    os.execvp(argv[0], argv)
+
+
+# ----------------------------------------------------------------------------- lab
+
+@cli.group()
+def lab() -> None:
+    """A lab on this machine: hypervisor hosts as network namespaces, each with its own
+    libvirtd, joined by a LAN switch."""
+
+
+@lab.command("up")
+@click.option("--hosts", "count", type=click.IntRange(1, 16), default=2, show_default=True)
+@click.option("--memory", type=str, default=None, help="Memory per host (e.g. 4G).")
+@output_option
+@click.pass_obj
+@handles_errors
+def lab_up(obj: Ctx, count: int, memory: str | None, output: str) -> None:
+    """Make (or repair) the lab's hosts; prints the hosts file a project can include."""
+    from elastic.adapters.lab import Lab
+    from elastic.spec.units import parse_size
+    memory_mib = None
+    if memory is not None:
+        try:
+            memory_mib = parse_size(memory)
+        except ValueError as e:
+            raise ConfigError(str(e), key="--memory") from None
+    info = Lab(obj.state_dir / "lab").up(count, memory_mib=memory_mib,
+                                         progress=lambda m: obj.err.print(f"[dim]{m}[/dim]"))
+    _print_lab(obj, info, output)
+
+
+@lab.command("down")
+@click.pass_obj
+@handles_errors
+def lab_down(obj: Ctx) -> None:
+    """Remove the lab: its VMs, libvirtds, bridges and namespaces."""
+    from elastic.adapters.lab import Lab
+    Lab(obj.state_dir / "lab").down()
+    obj.out.print("lab removed")
+
+
+@lab.command("status")
+@output_option
+@click.pass_obj
+@handles_errors
+def lab_status(obj: Ctx, output: str) -> None:
+    from elastic.adapters.lab import Lab
+    _print_lab(obj, Lab(obj.state_dir / "lab").status(), output)
+
+
+def _print_lab(obj: Ctx, info, output: str) -> None:
+    data = {"hosts": [{"name": h.name, "uri": h.uri, "netns": h.netns, "address": h.address,
+                       "memory_mib": h.memory_mib, "vcpus": h.vcpus, "alive": h.alive}
+                      for h in info.hosts],
+            "lan": {"netns": info.lan_netns, "cidr": info.lan_cidr},
+            "hosts_file": str(info.hosts_file)}
+    if output == "json":
+        render.print_json(data)
+        return
+    for h in info.hosts:
+        state = "[green]up[/green]" if h.alive else "[red]down[/red]"
+        obj.out.print(f"{h.name:<4} {state:<18} {h.address:<12} {h.memory_mib} MiB "
+                      f"{h.vcpus} vcpus  {h.uri}")
+    obj.out.print(f"hosts file: {info.hosts_file}  (a project includes it with "
+                  f"include: [{info.hosts_file}])")
 
 
 def main() -> None:

@@ -97,3 +97,34 @@ def print_plan(p: Project, console: Console) -> None:
         chunks.add_row(c.name, names, ", ".join(c.networks) or "-", mib(c.memory),
                        str(c.vcpus), c.host or "(placement)")
     console.print(chunks)
+
+
+def _uptime(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def print_status(report: dict[str, Any], console: Console) -> None:
+    hosts = Table(title="hosts", title_justify="left")
+    for col in ("host", "type", "answers", "projects", "VMs", "memory assigned/total",
+                "free", "groups"):
+        hosts.add_column(col)
+    for h in report["hosts"]:
+        hosts.add_row(h["name"], h["domain_type"],
+                      "yes" if h["answers"] else f"[red]no[/red] {h['error'] or ''}"[:60],
+                      ", ".join(h["projects"]) or "-", str(len(h["vms"])),
+                      f"{mib(h['memory_assigned'])}/{mib(h['memory_total'])}",
+                      mib(h["memory_free"]), ", ".join(h["groups"]) or "-")
+    console.print(hosts)
+    nodes = Table(title="nodes", title_justify="left")
+    for col in ("node", "state", "host", "addresses", "uptime", "last change"):
+        nodes.add_column(col)
+    for n in report["nodes"]:
+        style = {"RUNNING": "green", "FAILED": "red"}.get(n["state"], "")
+        state = f"[{style}]{n['state']}[/{style}]" if style else n["state"]
+        addrs = " ".join(a["address"] for a in n["addresses"]) or "-"
+        nodes.add_row(f"{n['name']}.{n['project']}", state, n["host"] or "-", addrs,
+                      _uptime(n["uptime"]), n["reason"][:60])
+    console.print(nodes)

@@ -4,15 +4,32 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from elastic.errors import ConfigError
 from elastic.model import Project
 from elastic.spec import load_document, resolve
 from elastic.spec.loader import display_path
 
+LAB_HOSTS = Path("lab") / "hosts.yaml"
 
-def resolve_with_state(spec: Path, state_dir: Path | None) -> Project:
+
+def resolve_with_state(spec: Path, state_dir: Path | None, *, lab: bool = False) -> Project:
     """Resolve ``spec``, keeping the addresses its nodes were leased before (if the state DB
-    knows the project). Reads the DB only; never creates or changes it."""
+    knows the project). Reads the DB only; never creates or changes it.
+
+    ``lab``: run the project on the lab's hosts (``elastic lab up``) instead of its own."""
     doc = load_document(spec)
+    if lab:
+        if state_dir is None or not (state_dir / LAB_HOSTS).is_file():
+            raise ConfigError("there is no lab in this state directory: run `elastic lab up` "
+                              "first", key="--lab")
+        if "hosts" in doc:
+            where = doc.where_of("hosts")
+            raise ConfigError("--lab runs a project on the lab's hosts, but this spec names "
+                              "its own hosts: leave out --lab, or the hosts: section",
+                              where.file if where else None, where.line if where else None,
+                              "hosts")
+        lab_doc = load_document(state_dir / LAB_HOSTS)
+        doc.set("hosts", lab_doc["hosts"], lab_doc.where_of("hosts"))
     leases: dict[tuple[str, str], str] = {}
     name = doc.get("project")
     if state_dir is not None and isinstance(name, str):
@@ -22,3 +39,20 @@ def resolve_with_state(spec: Path, state_dir: Path | None) -> Project:
                 for lease in store.leases(name):
                     leases[(lease.node, lease.iface)] = lease.address
     return resolve(doc, display_path(spec), leases=leases)
+
+
+def recorded_spec(state_dir: Path, project: str) -> tuple[Path, bool]:
+    """The spec file a project was brought up from, and whether it ran on the lab."""
+    from elastic.errors import PermanentError
+    from elastic.state import Store
+    if not Store.exists(state_dir):
+        raise PermanentError(f"no project named {project} in {state_dir}")
+    with Store.open(state_dir, readonly=True) as store:
+        rec = store.get_project(project)
+    if rec is None:
+        raise PermanentError(f"no project named {project} in {state_dir}")
+    spec = Path(rec.source)
+    if not spec.is_file():
+        raise PermanentError(f"project {project} was brought up from {spec}, which is gone: "
+                             "use elastic up FILE")
+    return spec, bool((rec.data or {}).get("lab"))

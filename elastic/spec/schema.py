@@ -68,8 +68,7 @@ NonNegInt = Annotated[int, Field(ge=0)]
 
 
 class Block(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True,
-                              str_strip_whitespace=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
 # ------------------------------------------------------------------------------ networks

@@ -111,3 +111,13 @@ def test_netmasks(text, prefix) -> None:
 def test_bad_netmask() -> None:
     with pytest.raises(ValueError):
         units.parse_netmask("255.0.255.0")
+
+
+def test_lifecycle_path_walks_down_through_epilog() -> None:
+    from elastic.lifecycle import path
+    assert path("RUNNING", "DONE") == [State.SHUTDOWN, State.EPILOG, State.DONE]
+    assert path("PENDING", "DONE") == [State.EPILOG, State.DONE]
+    assert path("FAILED", "DONE") == [State.EPILOG, State.DONE]
+    assert path("RUNNING", "RUNNING") == []
+    with pytest.raises(InvalidTransition):
+        path("DONE", "RUNNING")
