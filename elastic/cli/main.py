@@ -261,12 +261,13 @@ def lab() -> None:
 
 
 @lab.command("up")
-@click.option("--hosts", "count", type=click.IntRange(1, 16), default=2, show_default=True)
+@click.option("--hosts", "count", type=click.IntRange(1, 16), default=None,
+              help="How many hosts (default: as many as now, or 2 for a new lab).")
 @click.option("--memory", type=str, default=None, help="Memory per host (e.g. 4G).")
 @output_option
 @click.pass_obj
 @handles_errors
-def lab_up(obj: Ctx, count: int, memory: str | None, output: str) -> None:
+def lab_up(obj: Ctx, count: int | None, memory: str | None, output: str) -> None:
     """Make (or repair) the lab's hosts; prints the hosts file a project can include."""
     from elastic.adapters.lab import Lab
     from elastic.spec.units import parse_size
