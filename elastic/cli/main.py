@@ -35,6 +35,7 @@ class Ctx:
         # piped output keeps whole lines (a program or a file is reading it)
         width = None if sys.stdout.isatty() else 200
         self.out = Console(highlight=False, width=width, soft_wrap=width is not None)
+        self.err = Console(stderr=True, highlight=False)
 
     @property
     def state_dir(self) -> Path:
@@ -62,6 +63,11 @@ def handles_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(EXIT_BAD_INPUT)
         except ElasticError as e:
             click.echo(f"error: {e}", err=True)
+            sys.exit(EXIT_FAILED)
+        except Exception as e:
+            if type(e).__name__ != "libvirtError":
+                raise
+            click.echo(f"error: libvirt: {e}", err=True)
             sys.exit(EXIT_FAILED)
 
     return wrapper

@@ -122,7 +122,8 @@ class Cluster:
                          for name in sorted({n.image for n in project.nodes})}
                 outcome = Outcome()
                 self._parallel(
-                    {h: (lambda h=h: self._up_host(hosts[h], project, spec, nodes, built, outcome))
+                    {h: (lambda h=h, nodes=nodes: self._up_host(hosts[h], project, spec, nodes,
+                                                                 built, outcome))
                      for h, nodes in by_host.items()})
                 self._remove_orphans(store, project, hosts, outcome)
         outcome.seconds = time.monotonic() - t0
