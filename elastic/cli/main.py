@@ -88,12 +88,13 @@ def cli(ctx: click.Context, state_dir: Path | None) -> None:
 @cli.command()
 @spec_argument
 @output_option
+@lab_option
 @click.pass_obj
 @handles_errors
-def validate(obj: Ctx, spec: Path, output: str) -> None:
+def validate(obj: Ctx, spec: Path, output: str, lab: bool) -> None:
     """Check a spec file (YAML or MLN) and say what it describes."""
-    from elastic.spec import load_project
-    project = load_project(spec)
+    from elastic.engine.projects import resolve_with_state
+    project = resolve_with_state(spec, obj.state_dir if lab else None, lab=lab)
     summary = {"valid": True, "project": project.name, "nodes": len(project.nodes),
                "networks": len(project.networks), "hosts": len(project.hosts),
                "chunks": len(project.chunks), "classes": len(project.classes)}
@@ -320,8 +321,8 @@ def _print_lab(obj: Ctx, info, output: str) -> None:
         state = "[green]up[/green]" if h.alive else "[red]down[/red]"
         obj.out.print(f"{h.name:<4} {state:<18} {h.address:<12} {h.memory_mib} MiB "
                       f"{h.vcpus} vcpus  {h.uri}")
-    obj.out.print(f"hosts file: {info.hosts_file}  (a project includes it with "
-                  f"include: [{info.hosts_file}])")
+    obj.out.print(f"hosts file: {info.hosts_file}  (use it with `elastic up --lab FILE`, or "
+                  f"include: [{info.hosts_file}] in a spec)", markup=False)
 
 
 def main() -> None:
