@@ -187,6 +187,46 @@ def up(obj: Ctx, spec: Path, output: str, lab: bool, boot_timeout: float | None)
 
 
 @cli.command()
+@spec_argument
+@output_option
+@lab_option
+@click.option("--dry-run", is_flag=True, help="Print the changes and their reasons; change nothing.")
+@click.pass_obj
+@handles_errors
+def upgrade(obj: Ctx, spec: Path, output: str, lab: bool, dry_run: bool) -> None:
+    """Apply a changed spec to a running project: add and remove nodes, resize (memory,
+    vcpus), and live-migrate whole chunks whose host changed (bridges first)."""
+    from elastic.cli.progress import RichReporter
+    from elastic.engine.projects import resolve_with_state
+    project = resolve_with_state(spec, obj.state_dir, lab=lab)
+    reporter = RichReporter(obj.err)
+    cluster = _cluster(obj, reporter)
+    try:
+        if dry_run:
+            changes, outcome = cluster.upgrade(spec, project, dry_run=True, lab=lab)
+        else:
+            with reporter:
+                changes, outcome = cluster.upgrade(spec, project, lab=lab)
+    finally:
+        cluster.close()
+    if output == "json":
+        render.print_json({"changes": [c.__dict__ for c in changes], "dry_run": dry_run,
+                           "migrations": {k: round(v, 2) for k, v in outcome.migrations.items()},
+                           "running": sorted(outcome.running), "failed": outcome.failed})
+    else:
+        if not changes:
+            obj.out.print(f"{project.name}: nothing to change")
+        for c in changes:
+            obj.out.print(str(c), markup=False)
+        for chunk, secs in outcome.migrations.items():
+            obj.out.print(f"chunk {chunk} migrated in {secs:.1f} s")
+        if not dry_run:
+            _print_outcome(obj, f"upgrade {project.name}", outcome, "text")
+    if outcome.failed:
+        sys.exit(EXIT_FAILED)
+
+
+@cli.command()
 @click.argument("project")
 @output_option
 @click.pass_obj

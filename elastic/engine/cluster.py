@@ -24,6 +24,7 @@ from elastic.clock import Clock, SystemClock
 from elastic.errors import ConfigError, ElasticError, PermanentError, Problem
 from elastic.lifecycle import State, path
 from elastic.model import HostSpec, NodeSpec, Project
+from elastic.engine.diff import Change, diff
 from elastic.placement import HostCapacity, Placement, place
 from elastic.state import Store
 
@@ -51,6 +52,8 @@ class Outcome:
     failed: dict[str, str] = field(default_factory=dict)
     removed: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    migrations: dict[str, float] = field(default_factory=dict)   # chunk -> seconds
+    changes: list[str] = field(default_factory=list)
 
 
 def volume_names(node: NodeSpec) -> tuple[str, str, str]:
@@ -233,15 +236,7 @@ class Cluster:
         host = self.host(hspec.name, hspec.uri)
         with self.store() as store:
             self.report.step(f"{hspec.name}: storage, images and networks")
-            host.pool()
-            bases: dict[str, dict[str, str]] = {}
-            for name in sorted({n.image for n in nodes}):
-                files = built[name]
-                up = {"disk": host.upload_image_file(files.disk, "qcow2")}
-                if files.kernel is not None and files.initrd is not None:
-                    up["kernel"] = host.upload_image_file(files.kernel)
-                    up["initrd"] = host.upload_image_file(files.initrd)
-                bases[name] = up
+            bases = self._bases(host, nodes, built)
             bridges = self._networks_up(host, hspec, project, nodes)
             booting: list[NodeSpec] = []
             for node in nodes:
@@ -291,35 +286,61 @@ class Cluster:
             self._move(store, project.name, node.name, State.FAILED,
                        "its domain vanished or stopped; making it again")
         if rec.state == State.STOPPED:
-            self._move(store, project.name, node.name, State.BOOT, "elastic up: starting it")
+            if dom is None:        # stopped and undefined (a resize): define it again
+                self._define(host, hspec, project, spec, node, bridges, base, files)
             host.delete_volume(volume_names(node)[2])
             host.start(name)
+            self._move(store, project.name, node.name, State.BOOT, "elastic up: started")
             return True
         if rec.state in (State.BOOT, State.MIGRATING) and dom is not None and dom.isActive():
             return True     # an earlier run started it: wait for it
-        disk, iso, console = volume_names(node)
         if dom is not None:           # half-made by an earlier run: make it again
             host.undefine(name)
         self._move(store, project.name, node.name, State.PROLOG,
                    f"disk overlay and context on {hspec.name}", host=hspec.name)
-        disk_path = host.overlay(disk, base["disk"], node.disk)
-        with tempfile.TemporaryDirectory(prefix="elastic-ctx-") as tmp:
-            iso_local = ctx.build_iso(ctx.context_files(node, project, spec.parent),
-                                      Path(tmp) / "context.iso")
-            host.delete_volume(iso)
-            iso_path = host.upload(iso, iso_local)
-        host.delete_volume(console)       # a fresh log: no READY line from an earlier boot
-        boot = render.BootSpec(kernel=base.get("kernel"), initrd=base.get("initrd"),
-                               cmdline=files.cmdline) if "kernel" in base else render.BootSpec()
-        xml = render.domain_xml(node, domain_type=hspec.domain_type, disk_path=disk_path,
-                                context_path=iso_path, bridges=bridges,
-                                console_log=f"{POOL_PATH}/{console}", boot=boot,
-                                project_source=project.source)
-        host.define(xml)
+        self._define(host, hspec, project, spec, node, bridges, base, files)
+        host.delete_volume(volume_names(node)[2])   # a fresh log: no READY from an earlier boot
         host.start(name)
         self._move(store, project.name, node.name, State.BOOT,
                    f"defined and started on {hspec.name}")
         return True
+
+    def _define(self, host: LibvirtHost, hspec: HostSpec, project: Project, spec: Path,
+                node: NodeSpec, bridges: dict[str, str], base: dict[str, str],
+                files: images.ImageFiles) -> None:
+        """Disk overlay (kept if there), context ISO (made anew) and the domain definition."""
+        disk, iso, console = volume_names(node)
+        disk_path = host.overlay(disk, base["disk"], node.disk)
+        iso_path = self._upload_context(host, project, spec, node)
+        boot = render.BootSpec(kernel=base.get("kernel"), initrd=base.get("initrd"),
+                               cmdline=files.cmdline) if "kernel" in base else render.BootSpec()
+        host.define(render.domain_xml(node, domain_type=hspec.domain_type, disk_path=disk_path,
+                                      context_path=iso_path, bridges=bridges,
+                                      console_log=f"{POOL_PATH}/{console}", boot=boot,
+                                      project_source=project.source))
+
+    @staticmethod
+    def _upload_context(host: LibvirtHost, project: Project, spec: Path, node: NodeSpec) -> str:
+        iso = volume_names(node)[1]
+        with tempfile.TemporaryDirectory(prefix="elastic-ctx-") as tmp:
+            local = ctx.build_iso(ctx.context_files(node, project, spec.parent),
+                                  Path(tmp) / "context.iso")
+            host.delete_volume(iso)
+            return host.upload(iso, local)
+
+    def _bases(self, host: LibvirtHost, nodes: Iterable[NodeSpec],
+               built: dict[str, images.ImageFiles]) -> dict[str, dict[str, str]]:
+        """Upload each image's base files to a host once (content-addressed names)."""
+        host.pool()
+        bases: dict[str, dict[str, str]] = {}
+        for name in sorted({n.image for n in nodes}):
+            files = built[name]
+            up = {"disk": host.upload_image_file(files.disk, "qcow2")}
+            if files.kernel is not None and files.initrd is not None:
+                up["kernel"] = host.upload_image_file(files.kernel)
+                up["initrd"] = host.upload_image_file(files.initrd)
+            bases[name] = up
+        return bases
 
     def _wait_ready(self, store: Store, host: LibvirtHost, project: str,
                     nodes: list[NodeSpec], outcome: Outcome) -> None:
@@ -394,6 +415,107 @@ class Cluster:
         if rec is not None:
             self._move(store, project, node, State.DONE, reason)
             store.release(project, node)
+
+    # ---------------------------------------------------------------------- upgrade
+    def upgrade(self, spec: Path, project: Project, *, dry_run: bool = False,
+                lab: bool = False) -> tuple[list[Change], Outcome]:
+        """Diff the (changed) spec against the running project and apply it: removed nodes
+        go, chunks whose host changed are live-migrated (bridges and disks on the target
+        first), resized nodes restart with their new size, new nodes are made."""
+        self._check_images(project)
+        hosts = {h.name: h for h in project.hosts}
+        infos = self._preflight(project.hosts)
+        with self.store() as store:
+            if store.get_project(project.name) is None:
+                raise PermanentError(f"project {project.name} is not up (use elastic up)")
+            current = self._current_placement(store, project)
+            placement = self._place(project, infos, current)
+            changes = diff(project, placement, store.list_nodes(project.name))
+            if dry_run:
+                return changes, Outcome(changes=[str(c) for c in changes])
+            migrations: dict[str, float] = {}
+            with store.lock(project.name):
+                built = {name: images.build(name, self.state_dir / "images", self.report.step)
+                         for name in sorted({n.image for n in project.nodes})}
+                known = {h.name: HostSpec(h.name, h.uri, h.domain_type) for h in store.hosts()}
+                for change in changes:
+                    self.report.step(str(change))
+                    if change.kind == "remove":
+                        h = hosts.get(change.src or "") or known[change.src or ""]
+                        self._remove_domain(store, self.host(h.name, h.uri), project.name,
+                                            change.target, f"{change.target}.{project.name}",
+                                            change.reason)
+                    elif change.kind == "move":
+                        migrations[change.target] = self._migrate_chunk(
+                            store, project, spec, change, hosts, built)
+                    elif change.kind == "resize":
+                        self._stop_for_resize(store, hosts, project, change)
+        outcome = self.up(spec, project, lab=lab)     # makes the new, restarts the resized
+        outcome.migrations = migrations
+        outcome.changes = [str(c) for c in changes]
+        return changes, outcome
+
+    def _stop_for_resize(self, store: Store, hosts: dict[str, HostSpec], project: Project,
+                         change: Change) -> None:
+        node = project.node(change.target)
+        hspec = hosts[change.src or ""]
+        host = self.host(hspec.name, hspec.uri)
+        name = render.domain_name(node)
+        self._move(store, project.name, node.name, State.SHUTDOWN, change.reason)
+        if not host.shutdown(name, SHUTDOWN_TIMEOUT):
+            host.destroy(name)
+        host.undefine(name)                     # defined again with the new size by up
+        self._move(store, project.name, node.name, State.STOPPED, change.reason,
+                   data={"memory": node.memory, "vcpus": node.vcpus, "chunk": node.chunk,
+                         "group": node.group})
+
+    def _migrate_chunk(self, store: Store, project: Project, spec: Path, change: Change,
+                       hosts: dict[str, HostSpec], built: dict[str, images.ImageFiles]) -> float:
+        """Live-migrate a whole chunk: its bridges, base files, disk overlays and context on
+        the target first, then every node at once (so the private network is split for the
+        shortest time), then the source's leftovers removed."""
+        src_spec, dst_spec = hosts[change.src or ""], hosts[change.dst or ""]
+        src, dst = self.host(src_spec.name, src_spec.uri), self.host(dst_spec.name, dst_spec.uri)
+        nodes = [project.node(n) for n in change.nodes]
+        self.report.step(f"chunk {change.target}: bridges, base images and disks on "
+                         f"{dst_spec.name} first")
+        bases = self._bases(dst, nodes, built)
+        self._networks_up(dst, dst_spec, project, nodes)
+        for node in nodes:
+            dst.overlay(volume_names(node)[0], bases[node.image]["disk"], node.disk)
+            self._upload_context(dst, project, spec, node)
+        for node in nodes:
+            self._move(store, project.name, node.name, State.MIGRATING,
+                       f"live migration {src_spec.name} -> {dst_spec.name}")
+        dest_uri = str(dst_spec.attributes.get("migration_uri") or dst_spec.uri)
+        t0 = time.monotonic()
+        errors: dict[str, str] = {}
+
+        def one(node: NodeSpec) -> None:
+            try:
+                src.migrate(render.domain_name(node), dest_uri)
+            except Exception as e:
+                errors[node.name] = str(e)
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=len(nodes)) as ex:
+            list(ex.map(one, nodes))
+        seconds = time.monotonic() - t0
+        for node in nodes:
+            if node.name in errors:       # it stayed where it was
+                self._move(store, project.name, node.name, State.RUNNING,
+                           f"migration failed, still on {src_spec.name}: {errors[node.name]}")
+            else:
+                self._move(store, project.name, node.name, State.RUNNING,
+                           f"migrated to {dst_spec.name} in {seconds:.1f} s", host=dst_spec.name)
+                for vol in volume_names(node):
+                    src.delete_volume(vol)
+        if errors:
+            raise PermanentError(f"chunk {change.target}: " + "; ".join(
+                f"{n}: {e}" for n, e in errors.items()))
+        for net in {i.network for n in nodes for i in n.interfaces}:
+            if project.network(net).kind == "private":
+                src.remove_network(render.network_name(project.name, net))
+        return seconds
 
     # ------------------------------------------------------------------------- down
     def down(self, project: str) -> Outcome:

@@ -241,3 +241,27 @@ nodes:
     assert "ghost" in p.stderr and "do not answer" in p.stderr
     assert "Traceback" not in p.stderr
     assert status(state)["nodes"] == []
+
+
+def test_a_node_that_never_becomes_ready_is_failed_with_its_reason_and_removed(lab, tmp_path):
+    state = tmp_path / "state"
+    # 40 MiB is too little for the Debian kernel and its initramfs: it never says READY
+    spec = write_spec(tmp_path, lab, """
+project: broken
+nodes:
+  ok: {image: tiny, memory: 128M, host: h1}
+  starved: {image: tiny, memory: 40M, host: h1}
+""")
+    p = elastic(state, "up", "--boot-timeout", "25", str(spec), "-o", "json", check=False)
+    assert p.returncode == 1
+    result = json.loads(p.stdout)
+    assert result["running"] == ["ok"]
+    assert "starved" in result["failed"]
+    nodes = {n["name"]: n for n in status(state, "broken")["nodes"]}
+    assert nodes["starved"]["state"] == "FAILED"
+    assert "not ready after 25 s" in nodes["starved"]["reason"] or \
+        "stopped while booting" in nodes["starved"]["reason"]
+    assert "starved.broken" not in host_domains(lab, "h1")
+    assert not [v for v in host_volumes(lab, "h1") if v.startswith("broken-starved")]
+    elastic(state, "down", "broken")
+    assert not [d for d in host_domains(lab, "h1") if d.endswith(".broken")]

@@ -330,16 +330,45 @@ class LibvirtHost:
                                   int(maxmem // 1024), int(vcpus), project, node, int(cpu_time)))
         return out
 
-    def migrate(self, name: str, dest: LibvirtHost, dest_uri: str, flags_extra: int = 0) -> None:
-        """Live-migrate a domain to ``dest`` (peer to peer, persistent on the target)."""
+    def migrate(self, name: str, dest_uri: str, *, copy_disks: tuple[str, ...] = ("vda",),
+                timeout: float = 300.0) -> float:
+        """Live-migrate a domain to the libvirtd at ``dest_uri`` (peer to peer; the source
+        host's libvirtd connects to it). The disks in ``copy_disks`` are copied while the
+        guest runs (their backing files and the other disks must already be there, at the
+        same paths). Returns the seconds it took."""
         libvirt = _libvirt()
         dom = self.domain(name)
         if dom is None:
             raise PermanentError(f"{self.name}: no domain {name} to migrate")
         flags = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER |
-                 libvirt.VIR_MIGRATE_PERSIST_DEST | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE |
-                 flags_extra)
-        dom.migrateToURI3(dest_uri, {}, flags)
+                 libvirt.VIR_MIGRATE_PERSIST_DEST | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)
+        params: dict = {}
+        if copy_disks:
+            flags |= libvirt.VIR_MIGRATE_NON_SHARED_INC
+            params[libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS] = list(copy_disks)
+        t0 = time.monotonic()
+        try:
+            dom.migrateSetMaxDowntime(300, 0)       # ms of pause allowed at the switch-over
+        except libvirt.libvirtError:
+            pass
+        done = threading.Event()
+
+        def watchdog() -> None:
+            if not done.wait(timeout):
+                try:
+                    dom.abortJob()
+                except libvirt.libvirtError:
+                    pass
+
+        threading.Thread(target=watchdog, daemon=True).start()
+        try:
+            dom.migrateToURI3(dest_uri, params, flags)
+        except libvirt.libvirtError as e:
+            raise PermanentError(f"migration of {name} from {self.name} to {dest_uri} failed: "
+                                 f"{e.get_error_message()}") from None
+        finally:
+            done.set()
+        return time.monotonic() - t0
 
 
 def _file_digest(path: Path) -> str:

@@ -1,0 +1,129 @@
+"""`elastic upgrade`: a chunk moves hosts by live migration and keeps running; sizes change."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+
+import pytest
+
+from tests.system.test_up import elastic, host_domains, lab_host, status, write_spec
+
+pytestmark = [pytest.mark.system]
+
+INTERVAL = 0.2
+SPEC = """
+project: mover
+networks:
+  net: {{cidr: 10.34.0.0/24}}
+classes:
+  n:
+    image: tiny
+    memory: 128M
+    host: {host}
+    interfaces: {{eth0: {{network: net}}}}
+    startup:
+      - (while :; do echo "UP $(cut -d' ' -f1 /proc/uptime)"; sleep 1; done) &
+nodes:
+  a:
+    class: n
+    startup:
+      - (while :; do echo "UP $(cut -d' ' -f1 /proc/uptime)"; sleep 1; done) &
+      - (ping -i {interval} 10.34.0.3 | while read l; do echo "PING $l"; done) &
+  b:
+    class: n
+    memory: {b_memory}
+    interfaces: {{eth0: {{address: 10.34.0.3}}}}
+"""
+
+
+def _seqs(text: str) -> set[int]:
+    return {int(m) for m in re.findall(r"PING 64 bytes from 10\.34\.0\.3: seq=(\d+)", text)}
+
+
+def _uptimes(text: str) -> list[float]:
+    return [float(m) for m in re.findall(r"^UP (\d+\.\d+)", text, re.M)]
+
+
+def test_upgrade_live_migrates_a_chunk_and_it_keeps_running(lab, tmp_path):
+    from elastic.adapters.providers.libvirt import LibvirtHost
+    state = tmp_path / "state"
+    spec = write_spec(tmp_path, lab, SPEC.format(host="h1", interval=INTERVAL, b_memory="128M"))
+    h1 = LibvirtHost("h1", lab_host(lab, "h1").uri)
+    h2 = LibvirtHost("h2", lab_host(lab, "h2").uri)
+    try:
+        elastic(state, "up", str(spec))
+        # let the pings run a little before moving
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(_seqs(
+                h1.read_volume("mover-a.console.log").decode(errors="replace"))) < 10:
+            time.sleep(0.5)
+        spec.write_text(spec.read_text().replace("host: h1", "host: h2"))
+        dry = json.loads(elastic(state, "upgrade", "--dry-run", str(spec), "-o", "json").stdout)
+        assert [(c["kind"], c["target"], c["src"], c["dst"]) for c in dry["changes"]] == \
+            [("move", "net", "h1", "h2")]
+        assert sorted(host_domains(lab, "h1")) == ["a.mover", "b.mover"]   # dry run: unchanged
+        # keep what a printed on h1 until its log is gone, to see the pings before the move
+        before: dict[str, str] = {"log": ""}
+        stop = threading.Event()
+
+        def follow() -> None:
+            while not stop.is_set():
+                try:
+                    text = h1.read_volume("mover-a.console.log").decode(errors="replace")
+                    if text:
+                        before["log"] = text
+                except Exception:
+                    pass
+                time.sleep(0.1)
+
+        watcher = threading.Thread(target=follow, daemon=True)
+        watcher.start()
+        uptime_before = max(_uptimes(before["log"] or h1.read_volume(
+            "mover-a.console.log").decode(errors="replace")) or [0.0])
+        result = json.loads(elastic(state, "upgrade", str(spec), "-o", "json").stdout)
+        stop.set()
+        watcher.join()
+        assert result["migrations"].keys() == {"net"}
+        assert not [d for d in host_domains(lab, "h1") if d.endswith(".mover")]
+        assert sorted(d for d in host_domains(lab, "h2") if d.endswith(".mover")) == \
+            ["a.mover", "b.mover"]
+        nodes = {n["name"]: n for n in status(state, "mover")["nodes"]}
+        assert {n: (v["state"], v["host"]) for n, v in nodes.items()} == \
+            {"a": ("RUNNING", "h2"), "b": ("RUNNING", "h2")}
+        # the guest kept running: its uptime goes on from where it was, and a still reaches b
+        time.sleep(3)
+        after = h2.read_volume("mover-a.console.log").decode(errors="replace")
+        assert min(_uptimes(after)) >= uptime_before, "a rebooted instead of moving"
+        seqs = _seqs(before["log"]) | _seqs(after)
+        assert max(seqs) > max(_seqs(before["log"])) + 5, "no pings after the move"
+        first, last = min(seqs), max(seqs)
+        missing = sorted(set(range(first, last + 1)) - seqs)
+        runs, run, prev = [], 0, None
+        for s in missing:
+            run = run + 1 if prev is not None and s == prev + 1 else 1
+            runs.append(run)
+            prev = s
+        gap = (max(runs, default=0) + 1) * INTERVAL
+        print(f"\nchunk of 2 migrated h1 -> h2 in {result['migrations']['net']:.1f} s; "
+              f"private network forwarding gap {gap:.1f} s ({len(missing)} pings lost)")
+        assert gap < 30
+        # a second upgrade has nothing to do
+        again = json.loads(elastic(state, "upgrade", "--dry-run", str(spec), "-o", "json").stdout)
+        assert again["changes"] == []
+        # resize b in place: it restarts with its new memory, a is untouched
+        spec.write_text(spec.read_text().replace("memory: 128M\n    interfaces: {eth0: {address",
+                                                 "memory: 192M\n    interfaces: {eth0: {address"))
+        result = json.loads(elastic(state, "upgrade", str(spec), "-o", "json").stdout)
+        assert [(c["kind"], c["target"]) for c in result["changes"]] == [("resize", "b")]
+        assert sorted(result["running"]) == ["a", "b"]
+        import libvirt
+        conn = libvirt.open(lab_host(lab, "h2").uri)
+        assert conn.lookupByName("b.mover").info()[1] == 192 * 1024
+        conn.close()
+    finally:
+        h1.close()
+        h2.close()
+        elastic(state, "down", "mover", check=False)
