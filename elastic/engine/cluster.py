@@ -556,7 +556,11 @@ class Cluster:
     def _down_host(self, hspec: HostSpec, project: str, outcome: Outcome) -> None:
         host = self.host(hspec.name, hspec.uri)
         with self.store() as store:
-            for dom in host.domains():
+            mine = [d for d in host.domains() if d.project == project]
+            # stopping a guest waits for its qemu to exit: stop them all at once first
+            with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(mine))) as ex:
+                list(ex.map(lambda d: host.destroy(d.name), mine))
+            for dom in mine:
                 if dom.project == project:
                     self._remove_domain(store, host, project, dom.node or dom.name, dom.name,
                                         "elastic down")
