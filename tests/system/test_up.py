@@ -248,9 +248,10 @@ def test_a_node_that_never_becomes_ready_is_failed_with_its_reason_and_removed(l
     # 40 MiB is too little for the Debian kernel and its initramfs: it never says READY
     spec = write_spec(tmp_path, lab, """
 project: broken
+networks: {net: {cidr: 10.35.0.0/24}}
 nodes:
-  ok: {image: tiny, memory: 128M, host: h1}
-  starved: {image: tiny, memory: 40M, host: h1}
+  ok: {image: tiny, memory: 128M, host: h1, interfaces: {eth0: {network: net}}}
+  starved: {image: tiny, memory: 40M, host: h1, interfaces: {eth0: {network: net}}}
 """)
     p = elastic(state, "up", "--boot-timeout", "25", str(spec), "-o", "json", check=False)
     assert p.returncode == 1
