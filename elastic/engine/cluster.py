@@ -22,7 +22,7 @@ from elastic.adapters import images, render
 from elastic.adapters.providers.libvirt import LibvirtHost, POOL_PATH
 from elastic.clock import Clock, SystemClock
 from elastic.errors import ConfigError, ElasticError, PermanentError, Problem
-from elastic.lifecycle import State, path
+from elastic.lifecycle import InvalidTransition, State, path
 from elastic.model import HostSpec, NodeSpec, Project
 from elastic.engine.diff import Change, diff
 from elastic.placement import HostCapacity, Placement, place
@@ -99,7 +99,14 @@ class Cluster:
         rec = store.get_node(project, node)
         if rec is None:
             return
-        steps = path(rec.state, to) if rec.state != to else []
+        try:
+            steps = path(rec.state, to) if rec.state != to else []
+        except InvalidTransition:
+            # e.g. BOOT -> PROLOG after a crash: the only way back is through FAILED, said so
+            store.transition(project, node, State.FAILED,
+                             f"was {rec.state} when the last run stopped; {reason}",
+                             self.clock.now())
+            steps = path(State.FAILED, to)
         for i, step in enumerate(steps):
             last = i == len(steps) - 1
             store.transition(project, node, step, reason, self.clock.now(),
@@ -117,18 +124,19 @@ class Cluster:
             current = self._current_placement(store, project)
             placement = self._place(project, infos, current)
             with store.lock(project.name):
+                outcome = Outcome()
+                # first what the spec no longer has: its addresses may be handed out again
+                self._remove_orphans(store, project, hosts, outcome)
                 self._record_project(store, spec, project, placement, lab)
                 by_host: dict[str, list[NodeSpec]] = {}
                 for node in project.nodes:
                     by_host.setdefault(placement.host_of(node.chunk), []).append(node)
                 built = {name: images.build(name, self.state_dir / "images", self.report.step)
                          for name in sorted({n.image for n in project.nodes})}
-                outcome = Outcome()
                 self._parallel(
                     {h: (lambda h=h, nodes=nodes: self._up_host(hosts[h], project, spec, nodes,
                                                                  built, outcome))
                      for h, nodes in by_host.items()})
-                self._remove_orphans(store, project, hosts, outcome)
         outcome.seconds = time.monotonic() - t0
         return outcome
 
