@@ -207,3 +207,61 @@ class Project:
             if h.name == name:
                 return h
         raise KeyError(name)
+
+
+# ------------------------------------------------------------------------ the batch queue
+
+@dataclass(frozen=True)
+class Job:
+    """One job of the batch queue as the scheduler reports it (an array job is one Job with
+    ``tasks`` pending tasks)."""
+
+    id: str                    # "42" (array: the job id; tasks counts the pending ones)
+    name: str
+    owner: str
+    state: str                 # the scheduler's own letters: qw, hqw, Eqw, r, t, dr, ...
+    slots: int = 1             # per task
+    tasks: int = 1             # pending tasks (array jobs); 1 otherwise
+    pe: str | None = None      # parallel environment
+    queue: str | None = None   # hard queue request
+    resources: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
+    submitted: float | None = None   # epoch seconds
+    priority: float = 0.0
+    host: str | None = None    # where it runs (running jobs)
+
+    @property
+    def pending_slots(self) -> int:
+        return self.slots * self.tasks
+
+
+@dataclass(frozen=True)
+class ExecHost:
+    """An execution host of the batch system."""
+
+    name: str
+    slots_total: int
+    slots_used: int
+    load: float | None = None
+    memory_total_mib: int | None = None
+    memory_used_mib: int | None = None
+    enabled: bool = True       # False when disabled (qmod -d) or in an error state
+    alarm: bool = False        # unknown / unreachable (au)
+
+
+@dataclass(frozen=True)
+class QueueSnapshot:
+    """What the batch system said at one moment. ``known`` is False when the master did not
+    answer: that is 'unknown', never 'empty queue' (no scale-down on a blind tick)."""
+
+    taken_at: float
+    known: bool
+    pending: tuple[Job, ...] = ()      # waiting and schedulable
+    running: tuple[Job, ...] = ()
+    held: int = 0                      # hqw and similar: not demand
+    errored: int = 0                   # Eqw: not demand
+    hosts: tuple[ExecHost, ...] = ()
+    error: str | None = None           # why it is unknown
+
+    @property
+    def pending_slots(self) -> int:
+        return sum(j.pending_slots for j in self.pending)
