@@ -40,7 +40,19 @@ nodes:
 
 
 def _seqs(text: str) -> set[int]:
-    return {int(m) for m in re.findall(r"PING 64 bytes from 10\.34\.0\.3: seq=(\d+)", text)}
+    return {int(m) for m in re.findall(r"PING 64 bytes from [0-9.]+: seq=(\d+)", text)}
+
+
+def forwarding_gap(seqs: set[int], interval: float) -> tuple[float, int]:
+    """(longest time without a reply, pings lost) from the sequence numbers that came back."""
+    missing = sorted(set(range(min(seqs), max(seqs) + 1)) - seqs)
+    longest = run = 0
+    prev = None
+    for s in missing:
+        run = run + 1 if prev is not None and s == prev + 1 else 1
+        longest = max(longest, run)
+        prev = s
+    return (longest + 1) * interval, len(missing)
 
 
 def _uptimes(text: str) -> list[float]:
@@ -99,16 +111,9 @@ def test_upgrade_live_migrates_a_chunk_and_it_keeps_running(lab, tmp_path):
         assert min(_uptimes(after)) >= uptime_before, "a rebooted instead of moving"
         seqs = _seqs(before["log"]) | _seqs(after)
         assert max(seqs) > max(_seqs(before["log"])) + 5, "no pings after the move"
-        first, last = min(seqs), max(seqs)
-        missing = sorted(set(range(first, last + 1)) - seqs)
-        runs, run, prev = [], 0, None
-        for s in missing:
-            run = run + 1 if prev is not None and s == prev + 1 else 1
-            runs.append(run)
-            prev = s
-        gap = (max(runs, default=0) + 1) * INTERVAL
+        gap, lost = forwarding_gap(seqs, INTERVAL)
         print(f"\nchunk of 2 migrated h1 -> h2 in {result['migrations']['net']:.1f} s; "
-              f"private network forwarding gap {gap:.1f} s ({len(missing)} pings lost)")
+              f"private network forwarding gap {gap:.1f} s ({lost} pings lost)")
         assert gap < 30
         # a second upgrade has nothing to do
         again = json.loads(elastic(state, "upgrade", "--dry-run", str(spec), "-o", "json").stdout)
@@ -123,6 +128,18 @@ def test_upgrade_live_migrates_a_chunk_and_it_keeps_running(lab, tmp_path):
         conn = libvirt.open(lab_host(lab, "h2").uri)
         assert conn.lookupByName("b.mover").info()[1] == 192 * 1024
         conn.close()
+        # add a node, then remove it again
+        with_c = spec.read_text() + "  c: {class: n}\n"
+        spec.write_text(with_c)
+        result = json.loads(elastic(state, "upgrade", str(spec), "-o", "json").stdout)
+        assert [(c["kind"], c["target"], c["dst"]) for c in result["changes"]] == \
+            [("add", "c", "h2")]
+        assert "c.mover" in host_domains(lab, "h2")
+        spec.write_text(with_c.replace("  c: {class: n}\n", ""))
+        result = json.loads(elastic(state, "upgrade", str(spec), "-o", "json").stdout)
+        assert [(c["kind"], c["target"]) for c in result["changes"]] == [("remove", "c")]
+        assert "c.mover" not in host_domains(lab, "h2")
+        assert "c" not in {n["name"] for n in status(state, "mover")["nodes"]}
     finally:
         h1.close()
         h2.close()
