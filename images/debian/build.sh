@@ -232,7 +232,7 @@ in_root() {
 }
 apt_in_root() {
     in_root apt-get -y -q -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
-        -o Dpkg::Use-Pty=0 "$@"
+        -o Dpkg::Options::=--force-unsafe-io -o Dpkg::Use-Pty=0 "$@"
 }
 
 # ---------------------------------------------------------------------------- debootstrap
