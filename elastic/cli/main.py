@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
@@ -144,9 +145,18 @@ def import_mln(mln_file: Path, check: bool) -> None:
 
 # ----------------------------------------------------------------------- lifecycle
 
-def _cluster(obj: Ctx, reporter=None, boot_timeout: float | None = None):
+@contextlib.contextmanager
+def _cluster(obj: Ctx, *, progress: bool = True, boot_timeout: float | None = None):
+    """The engine for one command, with progress bars on stderr; connections closed after."""
+    from elastic.cli.progress import RichReporter
     from elastic.engine.cluster import BOOT_TIMEOUT, Cluster
-    return Cluster(obj.state_dir, reporter=reporter, boot_timeout=boot_timeout or BOOT_TIMEOUT)
+    reporter = RichReporter(obj.err) if progress else None
+    cluster = Cluster(obj.state_dir, reporter=reporter, boot_timeout=boot_timeout or BOOT_TIMEOUT)
+    try:
+        with reporter or contextlib.nullcontext():
+            yield cluster
+    finally:
+        cluster.close()
 
 
 def _print_outcome(obj: Ctx, verb: str, outcome, output: str) -> None:
@@ -171,16 +181,10 @@ def _print_outcome(obj: Ctx, verb: str, outcome, output: str) -> None:
 def up(obj: Ctx, spec: Path, output: str, lab: bool, boot_timeout: float | None) -> None:
     """Build and start the project: networks, disks, context, VMs; wait until every node is
     ready. Running it again converges (does nothing if all is up)."""
-    from elastic.cli.progress import RichReporter
     from elastic.engine.projects import resolve_with_state
     project = resolve_with_state(spec, obj.state_dir, lab=lab)
-    reporter = RichReporter(obj.err)
-    cluster = _cluster(obj, reporter, boot_timeout)
-    try:
-        with reporter:
-            outcome = cluster.up(spec, project, lab=lab)
-    finally:
-        cluster.close()
+    with _cluster(obj, boot_timeout=boot_timeout) as cluster:
+        outcome = cluster.up(spec, project, lab=lab)
     _print_outcome(obj, f"up {project.name}", outcome, output)
     if outcome.failed:
         sys.exit(EXIT_FAILED)
@@ -196,19 +200,10 @@ def up(obj: Ctx, spec: Path, output: str, lab: bool, boot_timeout: float | None)
 def upgrade(obj: Ctx, spec: Path, output: str, lab: bool, dry_run: bool) -> None:
     """Apply a changed spec to a running project: add and remove nodes, resize (memory,
     vcpus), and live-migrate whole chunks whose host changed (bridges first)."""
-    from elastic.cli.progress import RichReporter
     from elastic.engine.projects import resolve_with_state
     project = resolve_with_state(spec, obj.state_dir, lab=lab)
-    reporter = RichReporter(obj.err)
-    cluster = _cluster(obj, reporter)
-    try:
-        if dry_run:
-            changes, outcome = cluster.upgrade(spec, project, dry_run=True, lab=lab)
-        else:
-            with reporter:
-                changes, outcome = cluster.upgrade(spec, project, lab=lab)
-    finally:
-        cluster.close()
+    with _cluster(obj, progress=not dry_run) as cluster:
+        changes, outcome = cluster.upgrade(spec, project, dry_run=dry_run, lab=lab)
     if output == "json":
         render.print_json({"changes": [c.__dict__ for c in changes], "dry_run": dry_run,
                            "migrations": {k: round(v, 2) for k, v in outcome.migrations.items()},
@@ -233,14 +228,8 @@ def upgrade(obj: Ctx, spec: Path, output: str, lab: bool, dry_run: bool) -> None
 @handles_errors
 def down(obj: Ctx, project: str, output: str) -> None:
     """Stop and remove everything PROJECT made: domains, disks, bridges, leases."""
-    from elastic.cli.progress import RichReporter
-    reporter = RichReporter(obj.err)
-    cluster = _cluster(obj, reporter)
-    try:
-        with reporter:
-            outcome = cluster.down(project)
-    finally:
-        cluster.close()
+    with _cluster(obj) as cluster:
+        outcome = cluster.down(project)
     _print_outcome(obj, f"down {project}", outcome, output)
 
 
@@ -251,11 +240,8 @@ def down(obj: Ctx, project: str, output: str) -> None:
 @handles_errors
 def stop(obj: Ctx, project: str, output: str) -> None:
     """Shut PROJECT's nodes down (ACPI, then force after a timeout); disks are kept."""
-    cluster = _cluster(obj)
-    try:
+    with _cluster(obj) as cluster:
         outcome = cluster.stop(project)
-    finally:
-        cluster.close()
     _print_outcome(obj, f"stop {project}", outcome, output)
 
 

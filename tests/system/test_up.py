@@ -266,3 +266,38 @@ nodes:
     assert not [v for v in host_volumes(lab, "h1") if v.startswith("broken-starved")]
     elastic(state, "down", "broken")
     assert not [d for d in host_domains(lab, "h1") if d.endswith(".broken")]
+
+
+def test_stop_keeps_the_disk_and_start_boots_it_again(lab, tmp_path):
+    import libvirt
+    state = tmp_path / "state"
+    spec = write_spec(tmp_path, lab, """
+project: pause
+networks: {net: {cidr: 10.38.0.0/24}}
+nodes:
+  s: {image: tiny, memory: 128M, host: h2, interfaces: {eth0: {network: net}},
+      startup: ["cat /data/mark 2>/dev/null | sed 's/^/MARK /'; echo kept > /data/mark; sync"]}
+""")
+    try:
+        elastic(state, "up", str(spec))
+        elastic(state, "stop", "pause")
+        assert status(state, "pause")["nodes"][0]["state"] == "STOPPED"
+        conn = libvirt.open(lab_host(lab, "h2").uri)
+        assert not conn.lookupByName("s.pause").isActive()
+        conn.close()
+        assert "pause-s.qcow2" in host_volumes(lab, "h2")
+        result = json.loads(elastic(state, "start", "pause", "-o", "json").stdout)
+        assert result["running"] == ["s"]
+        node = status(state, "pause")["nodes"][0]
+        assert node["state"] == "RUNNING" and node["addresses"][0]["address"] == "10.38.0.1"
+        # what it wrote on its disk before the stop is still there
+        from elastic.adapters.providers.libvirt import LibvirtHost
+        host = LibvirtHost("h2", lab_host(lab, "h2").uri)
+        deadline, log = time.monotonic() + 20, ""
+        while time.monotonic() < deadline and "MARK kept" not in log:
+            log = host.read_volume("pause-s.console.log").decode(errors="replace")
+            time.sleep(0.5)
+        host.close()
+        assert "MARK kept" in log, log[-1500:]
+    finally:
+        elastic(state, "down", "pause", check=False)

@@ -1,0 +1,362 @@
+"""One tick of the autoscaler as a pure function: decide(...) -> Plan.
+
+No I/O, no clock, no randomness: everything arrives as an argument, and every action
+carries the sentence that says why. The rules, in the order they are applied:
+
+1. Learn from what happened to earlier launches (``outcomes``): a failure backs its site off
+   (``backoff`` x 2^(n-1), at most x8) and counts toward the breaker, which opens after
+   ``breaker_failures`` failures in a row and stops all launches until a launch succeeds or
+   the operator resets it (``reset_breaker``).
+2. A blind tick (the batch master did not answer) is *unknown*, never *empty*: nothing is
+   launched, drained, removed or replaced.
+3. A worker that has not joined ``boot_timeout`` after its launch, or FAILED before joining,
+   is replaced: destroyed, counted as a launch failure of its site, and its place is free
+   for a launch in the same plan when demand still needs one.
+4. Demand is the pending jobs that waited at least ``scale_up_after``, cut into units and
+   bin-packed (see ``demand``) onto free slots of running workers, then booting workers,
+   then draining ones (taken back: undrain), then new workers. A job that fits no worker is
+   reported, not scaled for, and does not hold back scale-down.
+5. Launch what the packing needs (or what min_workers needs): at most max_workers in all
+   (every worker that exists counts until it is gone), at most max_launch_per_tick, not
+   within ``cooldown`` of the last launch or drain, not while the breaker is open. Private
+   hosts first, then the clouds of ``burst`` in order; a site backing off is skipped; what
+   fits nowhere is reported as 'no capacity'.
+6. Scale down only when no job waits that a worker could run: a running worker that runs
+   nothing, idle for ``idle_timeout`` and up for ``min_lifetime`` is drained, cloud workers
+   first (the last burst site first), then the newest private ones, never below
+   min_workers, not within ``cooldown``. A draining worker is removed (out of the batch
+   system, then its VM destroyed) only once it runs nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from elastic.lifecycle import State
+from elastic.model import QueueSnapshot
+from elastic.policy.demand import Bins, Demand, Packing, collect, pack
+from elastic.policy.types import (
+    PRIVATE, Action, Capacity, LaunchOutcome, Memory, Plan, WorkerShape, WorkerView,
+)
+
+if TYPE_CHECKING:   # read only for its fields: the policy does not depend on the spec package
+    from elastic.spec.schema import ScalingSpec
+
+BOOTING = frozenset({State.PENDING, State.PROLOG, State.BOOT, State.RUNNING})  # not joined
+AT_WORK = frozenset({State.RUNNING, State.MIGRATING})                         # joined
+BACKOFF_MAX_FACTOR = 8
+MAX_REJECTED_NOTES = 5
+
+
+def decide(snapshot: QueueSnapshot, workers: Sequence[WorkerView], spec: ScalingSpec,
+           shape: WorkerShape, capacity: Capacity, memory: Memory, now: float, *,
+           outcomes: Sequence[LaunchOutcome] = (),
+           pe_rules: Mapping[str, str | int] | None = None) -> Plan:
+    """What to do this tick, and why.
+
+    Args:
+        snapshot: what the batch system said (``known`` False: the master did not answer).
+        workers: the group's workers that exist or are being made (DONE ones are ignored).
+        spec: the scaling section (bounds, timers, burst order).
+        shape: what one new worker brings (slots = vcpus, memory).
+        capacity: how many more workers fit now on private hosts and on each cloud.
+        memory: what the previous tick's plan returned (``Memory()`` at first).
+        now: the time of this tick.
+        outcomes: what became of earlier launches since the previous tick.
+        pe_rules: allocation_rule per parallel environment (``$pe_slots``, ``$fill_up``,
+            ``$round_robin`` or an integer); a PE not named is taken as ``$pe_slots``.
+
+    Returns:
+        The actions in the order to apply them (replace, remove, undrain, launch, drain),
+        notes for the operator, and the memory for the next tick.
+    """
+    notes: list[str] = []
+    ledger = _Ledger(memory, spec, now, notes)
+    for o in outcomes:
+        ledger.outcome(o)
+
+    live = [w for w in workers if w.state != State.DONE]
+    if not snapshot.known:
+        why = f" ({snapshot.error})" if snapshot.error else ""
+        notes.append(f"the batch master did not answer{why}: the queue is unknown, not empty: "
+                     "nothing is launched, drained, removed or replaced this tick")
+        return Plan((), tuple(ledger.breaker_notes() + notes), ledger.memory(live, None))
+
+    # -- 3. workers that never joined
+    replaced: list[Action] = []
+    for w in sorted(live, key=lambda w: w.name):
+        if w.joined or w.busy:
+            continue
+        if w.state == State.FAILED:
+            replaced.append(Action("replace", f"{w.name} FAILED before joining the batch "
+                                   "system: destroying it", site=w.site, node=w.name))
+        elif w.state in BOOTING and now - w.created >= spec.boot_timeout:
+            replaced.append(Action(
+                "replace", f"{w.name} has not joined the batch system {_dur(now - w.created)} "
+                f"after its launch (boot_timeout {_dur(spec.boot_timeout)}): destroying it",
+                site=w.site, node=w.name))
+            ledger.boot_timeout(w, now - w.created)
+    gone = {a.node for a in replaced}
+    counted = [w for w in live if w.name not in gone]        # exist until destroyed
+    running = [w for w in counted if w.joined and w.state in AT_WORK]
+    booting = [w for w in counted if not w.joined and w.state in BOOTING]
+    draining = [w for w in counted if w.state == State.DRAINING]
+
+    # -- 4. demand
+    demand = collect(snapshot.pending, shape, now=now, ready_after=spec.scale_up_after,
+                     queue=spec.batch.queue, pe_rules=pe_rules or {},
+                     max_workers=spec.max_workers)
+    _report_rejected(demand, shape, notes)
+    packing = pack(demand.ready,
+                   running=Bins((w.name, w.slots - w.slots_used) for w in running),
+                   booting=Bins((w.name, w.slots) for w in booting),
+                   draining=Bins((w.name, w.slots - w.slots_used) for w in draining),
+                   size=shape.slots)
+    undrain = [Action("undrain", f"{_demand_sentence(demand, now)}; {name} is draining but has "
+                      "room for them: taking it back instead of launching", node=name,
+                      site=_site(counted, name)) for name in packing.undrain]
+    taken_back = set(packing.undrain)
+    removes = [Action("remove", f"{w.name} is drained and runs nothing: removing it from the "
+                      "batch system, then destroying its VM", site=w.site, node=w.name)
+               for w in sorted(draining, key=lambda w: w.name)
+               if not w.busy and w.name not in taken_back]
+
+    # -- 5. launch
+    serving = len(running) + len(booting) + len(undrain)
+    launches = _launches(spec, capacity, ledger, demand, packing, serving, len(counted), now,
+                         notes)
+
+    # -- 6. scale down
+    drains: list[Action] = []
+    if not demand.servable and not launches and not undrain:
+        drains = _drains(spec, running, serving, ledger, now, notes)
+
+    changed = bool(launches or drains)
+    actions = tuple(replaced + removes + undrain + launches + drains)
+    return Plan(actions, tuple(ledger.breaker_notes() + notes),
+                ledger.memory(live, now if changed else None))
+
+
+# ----------------------------------------------------------------------------- scale up
+
+def _launches(spec: ScalingSpec, capacity: Capacity, ledger: _Ledger, demand: Demand,
+              packing: Packing, serving: int, counted: int, now: float,
+              notes: list[str]) -> list[Action]:
+    floor = max(0, spec.min_workers - serving)
+    wanted = max(packing.new, floor)
+    if not demand.ready and demand.young:
+        notes.append(f"{demand.young_slots} slots wait for less than scale_up_after "
+                     f"({_dur(spec.scale_up_after)}): not scaling for them yet")
+    if wanted == 0:
+        return []
+    if packing.new >= floor:
+        why = f"{_demand_sentence(demand, now)}; {_covered(packing, spec, demand)}"
+    else:
+        why = f"{serving} workers at work or booting, below min_workers {spec.min_workers}"
+    if ledger.breaker_open:
+        notes.append(f"{why}: not launching, the breaker is open")
+        return []
+    since = ledger.since_change(now)
+    if since is not None and since < spec.cooldown:
+        notes.append(f"{why}: cooldown, the last change was {_dur(since)} ago "
+                     f"(cooldown {_dur(spec.cooldown)}): launching waits")
+        return []
+    room = spec.max_workers - counted
+    if room <= 0:
+        notes.append(f"{why}: at max_workers ({spec.max_workers} workers exist): "
+                     f"{wanted} more would be needed")
+        return []
+    n = min(wanted, room, spec.max_launch_per_tick)
+    caps = []
+    if n < wanted:
+        caps.append(f"max_workers {spec.max_workers} leaves room for {room}"
+                    if room <= spec.max_launch_per_tick
+                    else f"at most {spec.max_launch_per_tick} per tick")
+
+    out: list[Action] = []
+    earlier: list[str] = []     # what the sites before this one could not take, and why
+    left = n
+    if caps:
+        why = f"{why}; {caps[0]}"
+    for site in [PRIVATE, *spec.burst]:
+        at = capacity.at(site)
+        label = _label(site)
+        are = "are" if site == PRIVATE else "is"
+        until = ledger.backoff_until.get(site)
+        if at is None:
+            earlier.append(f"{label} is not connected")
+        elif until is not None and until > now:
+            earlier.append(f"{label} {are} backing off for {_dur(until - now)} more after "
+                           f"{ledger.site_failures.get(site, 0)} failed launches")
+        elif at <= 0:
+            earlier.append(f"{label} {are} full")
+        else:
+            k = min(left, at)
+            verb = f"launching {k} on {label}" if site == PRIVATE else f"bursting {k} to {label}"
+            before = f"{'; '.join(earlier)}: " if earlier else ""
+            out.append(Action("launch", f"{why}: {before}{verb}", site=site, count=k))
+            left -= k
+            if not left:
+                break
+            earlier.append(f"{label} {'have' if site == PRIVATE else 'has'} room for {k} only")
+    if left:
+        if not spec.burst:
+            earlier.append("no cloud to burst to (scaling.burst is empty)")
+        notes.append(f"no capacity for {left} more worker{'s' if left != 1 else ''} of "
+                     f"{spec.group}: {'; '.join(earlier)}")
+    return out
+
+
+def _demand_sentence(demand: Demand, now: float) -> str:
+    oldest = demand.oldest
+    age = f" (the oldest for {_dur(now - oldest)})" if oldest is not None else ""
+    jobs = demand.ready_jobs
+    return f"{demand.ready_slots} slots in {jobs} job{'s' if jobs != 1 else ''} wait{age}"
+
+
+def _covered(packing: Packing, spec: ScalingSpec, demand: Demand) -> str:
+    parts = []
+    if packing.running_slots:
+        parts.append(f"{packing.running_slots} fit free slots of running workers")
+    if packing.booting_used:
+        parts.append(f"{packing.booting_used} booting worker"
+                     f"{'s take' if packing.booting_used != 1 else ' takes'} some")
+    if packing.undrain:
+        parts.append(f"{len(packing.undrain)} draining worker"
+                     f"{'s are' if len(packing.undrain) != 1 else ' is'} taken back")
+    rest = "the rest" if parts else "them"
+    new = f"{packing.new} new worker{'s' if packing.new != 1 else ''} cover {rest}"
+    return ", ".join(parts + [new])
+
+
+def _report_rejected(demand: Demand, shape: WorkerShape, notes: list[str]) -> None:
+    for g, why in demand.rejected[:MAX_REJECTED_NOTES]:
+        notes.append(f"{g.describe()} fits no worker ({shape.slots} slots"
+                     f"{f', {shape.memory} MiB' if shape.memory else ''}): {why}: "
+                     "reported, not scaled for")
+    extra = len(demand.rejected) - MAX_REJECTED_NOTES
+    if extra > 0:
+        notes.append(f"and {extra} more kinds of job that fit no worker")
+
+
+# --------------------------------------------------------------------------- scale down
+
+def _drains(spec: ScalingSpec, running: list[WorkerView], serving: int, ledger: _Ledger,
+            now: float, notes: list[str]) -> list[Action]:
+    idle = [w for w in running
+            if w.state == State.RUNNING and not w.busy and w.idle_since is not None
+            and now - w.idle_since >= spec.idle_timeout and now - w.created >= spec.min_lifetime]
+    allowed = serving - spec.min_workers
+    if not idle or allowed <= 0:
+        return []
+    since = ledger.since_change(now)
+    if since is not None and since < spec.cooldown:
+        notes.append(f"{len(idle)} idle worker{'s wait' if len(idle) != 1 else ' waits'} for "
+                     f"the cooldown to end ({_dur(spec.cooldown - since)} more) before draining")
+        return []
+    burst = list(spec.burst)
+
+    def order(w: WorkerView) -> tuple:
+        last = burst.index(w.site) if w.site in burst else len(burst)
+        return (not w.is_cloud, -last, -w.created, w.name)
+
+    out = []
+    for i, w in enumerate(sorted(idle, key=order)[:allowed]):
+        which = "cloud workers go first" if w.is_cloud else "the newest private workers go first"
+        out.append(Action(
+            "drain", f"no job waits; {w.name} ({_label(w.site)}) has run nothing for "
+            f"{_dur(now - w.idle_since)} (idle_timeout {_dur(spec.idle_timeout)}) and is up for "
+            f"{_dur(now - w.created)} (min_lifetime {_dur(spec.min_lifetime)}); "
+            f"{serving - i} workers > min_workers {spec.min_workers}: draining it ({which})",
+            site=w.site, node=w.name))
+    return out
+
+
+# ------------------------------------------------------------------------------- memory
+
+class _Ledger:
+    """Failures, backoff and breaker while one tick is decided; becomes the next Memory."""
+
+    def __init__(self, memory: Memory, spec: ScalingSpec, now: float,
+                 notes: list[str]) -> None:
+        self.spec, self.now, self.notes = spec, now, notes
+        self.last_change_at = memory.last_change_at
+        self.failures = memory.consecutive_failures
+        self.site_failures = dict(memory.site_failures)
+        self.backoff_until = {s: t for s, t in memory.backoff_until.items() if t > now}
+        self.breaker_open = memory.breaker_open
+        self.breaker_reason = memory.breaker_reason
+        self.timed_out = set(memory.timed_out)
+
+    def outcome(self, o: LaunchOutcome) -> None:
+        if o.ok:
+            self.failures = 0
+            self.site_failures.pop(o.site, None)
+            self.backoff_until.pop(o.site, None)
+            if self.breaker_open:
+                self.breaker_open, self.breaker_reason = False, None
+                self.notes.append(f"a launch on {_label(o.site)} succeeded"
+                                  f"{f' ({o.node})' if o.node else ''}: the breaker is closed")
+        else:
+            what = f"{o.node}: " if o.node else ""
+            self.failure(o.site, f"{what}{o.detail or 'launch failed'}")
+
+    def boot_timeout(self, w: WorkerView, age: float) -> None:
+        if w.name not in self.timed_out:
+            self.timed_out.add(w.name)
+            self.failure(w.site, f"{w.name} did not join within {_dur(age)}")
+
+    def failure(self, site: str, detail: str) -> None:
+        self.failures += 1
+        n = self.site_failures[site] = self.site_failures.get(site, 0) + 1
+        wait = self.spec.backoff * min(2 ** (n - 1), BACKOFF_MAX_FACTOR)
+        self.backoff_until[site] = self.now + wait
+        self.notes.append(f"launch failed on {_label(site)} ({detail}): no launch there for "
+                          f"{_dur(wait)} ({_nth(n)} failure in a row there)")
+        if not self.breaker_open and self.failures >= self.spec.breaker_failures:
+            self.breaker_open = True
+            self.breaker_reason = (f"after {self.failures} consecutive launch failures "
+                                   f"(last: {_label(site)}: {detail})")
+
+    def since_change(self, now: float) -> float | None:
+        return None if self.last_change_at is None else now - self.last_change_at
+
+    def breaker_notes(self) -> list[str]:
+        if not self.breaker_open:
+            return []
+        return [f"breaker open {self.breaker_reason}: no launches until one succeeds or the "
+                "breaker is reset once the cause is fixed"]
+
+    def memory(self, live: Sequence[WorkerView], changed_at: float | None) -> Memory:
+        names = {w.name for w in live}
+        return Memory(
+            last_change_at=changed_at if changed_at is not None else self.last_change_at,
+            consecutive_failures=self.failures,
+            site_failures={s: n for s, n in self.site_failures.items() if n},
+            backoff_until=dict(self.backoff_until),
+            breaker_open=self.breaker_open, breaker_reason=self.breaker_reason,
+            timed_out=frozenset(self.timed_out & names))
+
+
+# ------------------------------------------------------------------------------- words
+
+def _label(site: str) -> str:
+    return "private hosts" if site == PRIVATE else site
+
+
+def _site(workers: Sequence[WorkerView], name: str) -> str | None:
+    return next((w.site for w in workers if w.name == name), None)
+
+
+def _nth(n: int) -> str:
+    return {1: "1st", 2: "2nd", 3: "3rd"}.get(n, f"{n}th")
+
+
+def _dur(seconds: float) -> str:
+    s = max(0.0, seconds)
+    if s < 120:
+        return f"{s:.0f} s"
+    if s < 7200:
+        return f"{s / 60:.0f} min"
+    return f"{s / 3600:.1f} h"
