@@ -113,3 +113,22 @@ def test_missing_file_is_bad_input(tmp_path: Path) -> None:
     r = run("plan", str(tmp_path / "nope.yaml"))
     assert r.exit_code == 2
     assert "file not found" in r.stderr
+
+
+def test_console_finds_the_node_and_its_host(tmp_path: Path) -> None:
+    from elastic.engine.status import console_command
+    from elastic.errors import PermanentError
+    from elastic.state import Store
+    state = tmp_path / "state"
+    with Store.open(state) as store:
+        store.put_host("h1", "qemu:///system?socket=/x/sock", 1.0, domain_type="qemu")
+        for project in ("a", "b"):
+            store.put_project(project, f"{project}.yaml", "0" * 64, 1.0)
+            store.add_node(project, "web", 1.0, host="h1")
+    assert console_command(state, "web.a") == ["virsh", "-c", "qemu:///system?socket=/x/sock",
+                                               "console", "web.a"]
+    import pytest
+    with pytest.raises(PermanentError, match="several projects"):
+        console_command(state, "web")
+    with pytest.raises(PermanentError, match="no node nope"):
+        console_command(state, "nope")
