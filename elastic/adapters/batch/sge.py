@@ -29,9 +29,9 @@ log = logging.getLogger(__name__)
 
 Runner = Callable[..., Result]
 
-QSTAT = ["qstat", "-xml", "-u", "*", "-r"]
-QHOST = ["qhost", "-xml", "-q"]
-QSTAT_TASKS = ["qstat", "-xml", "-u", "*", "-s", "rs", "-g", "t"]
+QSTAT = ("qstat", "-xml", "-u", "*", "-r")
+QHOST = ("qhost", "-xml", "-q")
+QSTAT_TASKS = ("qstat", "-xml", "-u", "*", "-s", "rs", "-g", "t")
 
 _HOSTNAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
 
@@ -96,12 +96,12 @@ class SGE:
     def snapshot(self, now: float) -> QueueSnapshot:
         """The queue and the exec hosts now. Never raises for the batch system's sake: a
         qmaster that is down, slow, missing or answering garbage gives
-        ``QueueSnapshot(known=False, error=...)`` — unknown, never an empty queue."""
+        ``QueueSnapshot(known=False, error=...)``: unknown, never an empty queue."""
         try:
             qstat = self._query(QSTAT)
             snap = sge_parse.parse_qstat(qstat, now)
             hosts = sge_parse.parse_qhost(self._query(QHOST))
-        except (ElasticError, ValueError) as e:
+        except (ElasticError, ValueError, OSError) as e:
             log.warning("sge: queue unknown: %s", e)
             return QueueSnapshot(taken_at=now, known=False, error=str(e))
         return replace(snap, hosts=hosts)
