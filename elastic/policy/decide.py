@@ -3,10 +3,11 @@
 No I/O, no clock, no randomness: everything arrives as an argument, and every action
 carries the sentence that says why. The rules, in the order they are applied:
 
-1. Learn from what happened to earlier launches (``outcomes``): a failure backs its site off
-   (``backoff`` x 2^(n-1), at most x8) and counts toward the breaker, which opens after
-   ``breaker_failures`` failures in a row and stops all launches until a launch succeeds or
-   the operator resets it (``reset_breaker``).
+1. Learn from what happened to earlier launches (``outcomes``): the n-th failure in a row at
+   a site backs that site off for ``backoff`` x 2^(n-1) (at most x8); after
+   ``breaker_failures`` in a row its breaker opens and no launch goes there until a launch
+   there succeeds or the operator resets it (``reset_breaker``). Breakers are per site, so
+   a dead cloud account does not stop the private hosts.
 2. A blind tick (the batch master did not answer) is *unknown*, never *empty*: nothing is
    launched, drained, removed or replaced.
 3. A worker that has not joined ``boot_timeout`` after its launch, or FAILED before joining,
@@ -18,9 +19,9 @@ carries the sentence that says why. The rules, in the order they are applied:
    reported, not scaled for, and does not hold back scale-down.
 5. Launch what the packing needs (or what min_workers needs): at most max_workers in all
    (every worker that exists counts until it is gone), at most max_launch_per_tick, not
-   within ``cooldown`` of the last launch or drain, not while the breaker is open. Private
-   hosts first, then the clouds of ``burst`` in order; a site backing off is skipped; what
-   fits nowhere is reported as 'no capacity'.
+   within ``cooldown`` of the last launch or drain. Private hosts first, then the clouds of
+   ``burst`` in order; a site backing off or with its breaker open is skipped, a site whose
+   last launch failed gets one at a time; what fits nowhere is reported as 'no capacity'.
 6. Scale down only when no job waits that a worker could run: a running worker that runs
    nothing, idle for ``idle_timeout`` and up for ``min_lifetime`` is drained, cloud workers
    first (the last burst site first), then the newest private ones, never below
@@ -81,7 +82,8 @@ def decide(snapshot: QueueSnapshot, workers: Sequence[WorkerView], spec: Scaling
         why = f" ({snapshot.error})" if snapshot.error else ""
         notes.append(f"the batch master did not answer{why}: the queue is unknown, not empty: "
                      "nothing is launched, drained, removed or replaced this tick")
-        return Plan((), tuple(ledger.breaker_notes() + notes), ledger.memory(live, None))
+        return Plan((), tuple(ledger.breaker_notes() + notes),
+                    ledger.memory(live, None))
 
     # -- 3. workers that never joined
     replaced: list[Action] = []
@@ -113,9 +115,10 @@ def decide(snapshot: QueueSnapshot, workers: Sequence[WorkerView], spec: Scaling
                    booting=Bins((w.name, w.slots) for w in booting),
                    draining=Bins((w.name, w.slots - w.slots_used) for w in draining),
                    size=shape.slots)
+    site_of = {w.name: w.site for w in draining}
     undrain = [Action("undrain", f"{_demand_sentence(demand, now)}; {name} is draining but has "
-                      "room for them: taking it back instead of launching", node=name,
-                      site=_site(counted, name)) for name in packing.undrain]
+                      "free slots for them: taking it back instead of launching", node=name,
+                      site=site_of[name]) for name in packing.undrain]
     taken_back = set(packing.undrain)
     removes = [Action("remove", f"{w.name} is drained and runs nothing: removing it from the "
                       "batch system, then destroying its VM", site=w.site, node=w.name)
@@ -132,10 +135,9 @@ def decide(snapshot: QueueSnapshot, workers: Sequence[WorkerView], spec: Scaling
     if not demand.servable and not launches and not undrain:
         drains = _drains(spec, running, serving, ledger, now, notes)
 
-    changed = bool(launches or drains)
     actions = tuple(replaced + removes + undrain + launches + drains)
     return Plan(actions, tuple(ledger.breaker_notes() + notes),
-                ledger.memory(live, now if changed else None))
+                ledger.memory(live, now if launches or drains else None))
 
 
 # ----------------------------------------------------------------------------- scale up
@@ -146,16 +148,20 @@ def _launches(spec: ScalingSpec, capacity: Capacity, ledger: _Ledger, demand: De
     floor = max(0, spec.min_workers - serving)
     wanted = max(packing.new, floor)
     if not demand.ready and demand.young:
-        notes.append(f"{demand.young_slots} slots wait for less than scale_up_after "
-                     f"({_dur(spec.scale_up_after)}): not scaling for them yet")
+        n = demand.young_slots
+        notes.append(f"{_n(n, 'slot')} wait{'s' if n == 1 else ''} for less than "
+                     f"scale_up_after ({_dur(spec.scale_up_after)}): not scaling for "
+                     f"{'it' if n == 1 else 'them'} yet")
     if wanted == 0:
         return []
     if packing.new >= floor:
-        why = f"{_demand_sentence(demand, now)}; {_covered(packing, spec, demand)}"
+        why = f"{_demand_sentence(demand, now)}; {_covered(packing)}"
     else:
-        why = f"{serving} workers at work or booting, below min_workers {spec.min_workers}"
-    if ledger.breaker_open:
-        notes.append(f"{why}: not launching, the breaker is open")
+        why = f"{_n(serving, 'worker')} at work or booting, below min_workers " \
+            f"{spec.min_workers}"
+    sites = [PRIVATE, *spec.burst]
+    if all(site in ledger.breakers for site in sites):
+        notes.append(f"{why}: not launching, the breaker of every site is open")
         return []
     since = ledger.since_change(now)
     if since is not None and since < spec.cooldown:
@@ -179,31 +185,40 @@ def _launches(spec: ScalingSpec, capacity: Capacity, ledger: _Ledger, demand: De
     left = n
     if caps:
         why = f"{why}; {caps[0]}"
-    for site in [PRIVATE, *spec.burst]:
+    for site in sites:
         at = capacity.at(site)
         label = _label(site)
         are = "are" if site == PRIVATE else "is"
         until = ledger.backoff_until.get(site)
         if at is None:
             earlier.append(f"{label} is not connected")
+        elif site in ledger.breakers:
+            earlier.append(f"the breaker of {label} is open")
         elif until is not None and until > now:
             earlier.append(f"{label} {are} backing off for {_dur(until - now)} more after "
-                           f"{ledger.site_failures.get(site, 0)} failed launches")
+                           f"{_n(ledger.site_failures.get(site, 0), 'failed launch')}")
         elif at <= 0:
             earlier.append(f"{label} {are} full")
         else:
             k = min(left, at)
+            probe = ""
+            failed = ledger.site_failures.get(site, 0)
+            if failed and k > 1:            # after a failure, one at a time until one works
+                k, probe = 1, f" (one at a time after {_n(failed, 'failed launch')} there)"
             verb = f"launching {k} on {label}" if site == PRIVATE else f"bursting {k} to {label}"
+            verb += probe
             before = f"{'; '.join(earlier)}: " if earlier else ""
             out.append(Action("launch", f"{why}: {before}{verb}", site=site, count=k))
             left -= k
             if not left:
                 break
-            earlier.append(f"{label} {'have' if site == PRIVATE else 'has'} room for {k} only")
+            earlier.append(f"{label} take{'' if site == PRIVATE else 's'} one at a time" if probe
+                           else f"{label} {'have' if site == PRIVATE else 'has'} room for {k} "
+                           "only")
     if left:
         if not spec.burst:
             earlier.append("no cloud to burst to (scaling.burst is empty)")
-        notes.append(f"no capacity for {left} more worker{'s' if left != 1 else ''} of "
+        notes.append(f"no capacity for {_n(left, 'more worker')} of "
                      f"{spec.group}: {'; '.join(earlier)}")
     return out
 
@@ -211,11 +226,12 @@ def _launches(spec: ScalingSpec, capacity: Capacity, ledger: _Ledger, demand: De
 def _demand_sentence(demand: Demand, now: float) -> str:
     oldest = demand.oldest
     age = f" (the oldest for {_dur(now - oldest)})" if oldest is not None else ""
-    jobs = demand.ready_jobs
-    return f"{demand.ready_slots} slots in {jobs} job{'s' if jobs != 1 else ''} wait{age}"
+    slots = demand.ready_slots
+    return f"{_n(slots, 'slot')} in {_n(demand.ready_jobs, 'job')} " \
+        f"wait{'s' if slots == 1 else ''}{age}"
 
 
-def _covered(packing: Packing, spec: ScalingSpec, demand: Demand) -> str:
+def _covered(packing: Packing) -> str:
     parts = []
     if packing.running_slots:
         parts.append(f"{packing.running_slots} fit free slots of running workers")
@@ -226,7 +242,7 @@ def _covered(packing: Packing, spec: ScalingSpec, demand: Demand) -> str:
         parts.append(f"{len(packing.undrain)} draining worker"
                      f"{'s are' if len(packing.undrain) != 1 else ' is'} taken back")
     rest = "the rest" if parts else "them"
-    new = f"{packing.new} new worker{'s' if packing.new != 1 else ''} cover {rest}"
+    new = f"{_n(packing.new, 'new worker')} cover{'s' if packing.new == 1 else ''} {rest}"
     return ", ".join(parts + [new])
 
 
@@ -268,7 +284,8 @@ def _drains(spec: ScalingSpec, running: list[WorkerView], serving: int, ledger: 
             "drain", f"no job waits; {w.name} ({_label(w.site)}) has run nothing for "
             f"{_dur(now - w.idle_since)} (idle_timeout {_dur(spec.idle_timeout)}) and is up for "
             f"{_dur(now - w.created)} (min_lifetime {_dur(spec.min_lifetime)}); "
-            f"{serving - i} workers > min_workers {spec.min_workers}: draining it ({which})",
+            f"{_n(serving - i, 'worker')} > min_workers {spec.min_workers}: draining it "
+            f"({which})",
             site=w.site, node=w.name))
     return out
 
@@ -276,7 +293,7 @@ def _drains(spec: ScalingSpec, running: list[WorkerView], serving: int, ledger: 
 # ------------------------------------------------------------------------------- memory
 
 class _Ledger:
-    """Failures, backoff and breaker while one tick is decided; becomes the next Memory."""
+    """Failures, backoff and breakers while one tick is decided; becomes the next Memory."""
 
     def __init__(self, memory: Memory, spec: ScalingSpec, now: float,
                  notes: list[str]) -> None:
@@ -285,8 +302,7 @@ class _Ledger:
         self.failures = memory.consecutive_failures
         self.site_failures = dict(memory.site_failures)
         self.backoff_until = {s: t for s, t in memory.backoff_until.items() if t > now}
-        self.breaker_open = memory.breaker_open
-        self.breaker_reason = memory.breaker_reason
+        self.breakers = dict(memory.breakers)
         self.timed_out = set(memory.timed_out)
 
     def outcome(self, o: LaunchOutcome) -> None:
@@ -294,10 +310,9 @@ class _Ledger:
             self.failures = 0
             self.site_failures.pop(o.site, None)
             self.backoff_until.pop(o.site, None)
-            if self.breaker_open:
-                self.breaker_open, self.breaker_reason = False, None
+            if self.breakers.pop(o.site, None) is not None:
                 self.notes.append(f"a launch on {_label(o.site)} succeeded"
-                                  f"{f' ({o.node})' if o.node else ''}: the breaker is closed")
+                                  f"{f' ({o.node})' if o.node else ''}: its breaker is closed")
         else:
             what = f"{o.node}: " if o.node else ""
             self.failure(o.site, f"{what}{o.detail or 'launch failed'}")
@@ -314,19 +329,17 @@ class _Ledger:
         self.backoff_until[site] = self.now + wait
         self.notes.append(f"launch failed on {_label(site)} ({detail}): no launch there for "
                           f"{_dur(wait)} ({_nth(n)} failure in a row there)")
-        if not self.breaker_open and self.failures >= self.spec.breaker_failures:
-            self.breaker_open = True
-            self.breaker_reason = (f"after {self.failures} consecutive launch failures "
-                                   f"(last: {_label(site)}: {detail})")
+        if site not in self.breakers and n >= self.spec.breaker_failures:
+            self.breakers[site] = (f"after {n} consecutive launch failures there "
+                                   f"(last: {detail})")
 
     def since_change(self, now: float) -> float | None:
         return None if self.last_change_at is None else now - self.last_change_at
 
     def breaker_notes(self) -> list[str]:
-        if not self.breaker_open:
-            return []
-        return [f"breaker open {self.breaker_reason}: no launches until one succeeds or the "
-                "breaker is reset once the cause is fixed"]
+        return [f"breaker open on {_label(site)} {why}: no launches there until one succeeds "
+                "or the breaker is reset once the cause is fixed"
+                for site, why in sorted(self.breakers.items())]
 
     def memory(self, live: Sequence[WorkerView], changed_at: float | None) -> Memory:
         names = {w.name for w in live}
@@ -334,8 +347,7 @@ class _Ledger:
             last_change_at=changed_at if changed_at is not None else self.last_change_at,
             consecutive_failures=self.failures,
             site_failures={s: n for s, n in self.site_failures.items() if n},
-            backoff_until=dict(self.backoff_until),
-            breaker_open=self.breaker_open, breaker_reason=self.breaker_reason,
+            backoff_until=dict(self.backoff_until), breakers=dict(self.breakers),
             timed_out=frozenset(self.timed_out & names))
 
 
@@ -345,8 +357,9 @@ def _label(site: str) -> str:
     return "private hosts" if site == PRIVATE else site
 
 
-def _site(workers: Sequence[WorkerView], name: str) -> str | None:
-    return next((w.site for w in workers if w.name == name), None)
+def _n(count: int, word: str) -> str:
+    plural = "es" if word.endswith(("ch", "sh", "s", "x")) else "s"
+    return f"{count} {word}{'' if count == 1 else plural}"
 
 
 def _nth(n: int) -> str:

@@ -7,7 +7,7 @@ Times are epoch seconds (float), given by the caller; sizes are MiB.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from elastic.lifecycle import State
@@ -94,20 +94,22 @@ class LaunchOutcome:
 class Memory:
     """What the policy carries from one tick to the next (kept in the state DB)."""
 
-    last_change_at: float | None = None        # last launch or drain
+    last_change_at: float | None = None        # last launch or drain (cooldown)
     consecutive_failures: int = 0              # launch failures in a row, all sites
     site_failures: Mapping[str, int] = field(default_factory=dict)    # in a row, per site
     backoff_until: Mapping[str, float] = field(default_factory=dict)  # no launch there before
-    breaker_open: bool = False
-    breaker_reason: str | None = None
+    breakers: Mapping[str, str] = field(default_factory=dict)  # site -> why its breaker is open
     timed_out: frozenset[str] = frozenset()    # workers whose boot timeout is already counted
+
+    @property
+    def breaker_open(self) -> bool:
+        return bool(self.breakers)
 
     def to_dict(self) -> dict[str, Any]:
         return {"last_change_at": self.last_change_at,
                 "consecutive_failures": self.consecutive_failures,
                 "site_failures": dict(self.site_failures),
-                "backoff_until": dict(self.backoff_until),
-                "breaker_open": self.breaker_open, "breaker_reason": self.breaker_reason,
+                "backoff_until": dict(self.backoff_until), "breakers": dict(self.breakers),
                 "timed_out": sorted(self.timed_out)}
 
     @classmethod
@@ -116,14 +118,20 @@ class Memory:
                    consecutive_failures=int(d.get("consecutive_failures", 0)),
                    site_failures=dict(d.get("site_failures", {})),
                    backoff_until=dict(d.get("backoff_until", {})),
-                   breaker_open=bool(d.get("breaker_open", False)),
-                   breaker_reason=d.get("breaker_reason"),
+                   breakers=dict(d.get("breakers", {})),
                    timed_out=frozenset(d.get("timed_out", ())))
 
 
-def reset_breaker(memory: Memory) -> Memory:
-    """The operator fixed the cause: close the breaker and forget the failures."""
-    return Memory(last_change_at=memory.last_change_at, timed_out=memory.timed_out)
+def reset_breaker(memory: Memory, site: str | None = None) -> Memory:
+    """The operator fixed the cause: close the breaker of ``site`` (of every site if None)
+    and forget its failures and backoff."""
+    def keep(s: str) -> bool:
+        return site is not None and s != site
+    return replace(memory,
+                   consecutive_failures=0 if site is None else memory.consecutive_failures,
+                   site_failures={s: n for s, n in memory.site_failures.items() if keep(s)},
+                   backoff_until={s: t for s, t in memory.backoff_until.items() if keep(s)},
+                   breakers={s: r for s, r in memory.breakers.items() if keep(s)})
 
 
 ActionKind = Literal["launch", "drain", "undrain", "remove", "replace"]

@@ -1,0 +1,1 @@
+"""Simulation tier: hours of queue load against fake providers, in seconds."""
