@@ -62,7 +62,7 @@ def build(name: str, cache: Path, progress=None) -> ImageFiles:
     out.mkdir(parents=True, exist_ok=True)
     if progress:
         progress(f"image {name}: building (or checking) in {out}")
-    run(["sh", str(recipes_dir() / name / "build.sh"), str(out)], timeout=BUILD_TIMEOUT)
+    run([str(recipes_dir() / name / "build.sh"), str(out)], timeout=BUILD_TIMEOUT)
     manifest = json.loads((out / "manifest.json").read_text()) if \
         (out / "manifest.json").is_file() else {}
     kernel = out / "vmlinuz"

@@ -285,6 +285,156 @@ def console(obj: Ctx, node: str) -> None:
     os.execvp(argv[0], argv)
 
 
+# ------------------------------------------------------------------------ autoscaling
+
+batch_netns_option = click.option(
+    "--batch-netns", default=None, metavar="NS",
+    help="Run the batch system's commands (qstat, qconf) inside this network namespace.")
+
+
+@contextlib.contextmanager
+def _autoscaler(obj: Ctx, spec: Path, lab: bool, batch_netns: str | None, progress: bool = True):
+    from elastic.adapters.batch.sge import SGE
+    from elastic.engine.autoscale import Autoscaler, ClusterFleet
+    from elastic.engine.projects import resolve_with_state
+    from elastic.state import Store
+    project = resolve_with_state(spec, obj.state_dir, lab=lab)
+    if project.scaling is None:
+        raise ConfigError("no scaling: section: nothing to autoscale", project.source,
+                          key="scaling")
+    batch = project.scaling.batch
+    if batch.system != "sge":
+        raise ConfigError(f"batch system {batch.system} is not supported yet (sge is)",
+                          project.source, key="scaling.batch.system")
+    sge = SGE(root=batch.root, cell=batch.cell, netns=batch_netns, queue=batch.queue,
+              hostgroup=batch.hostgroup)
+    with _cluster(obj, progress=progress) as cluster:
+        fleet = ClusterFleet(cluster, spec, obj.state_dir, lab=lab)
+        yield Autoscaler(project.name, lambda: Store.open(obj.state_dir), sge, fleet)
+
+
+@cli.command()
+@spec_argument
+@lab_option
+@batch_netns_option
+@click.option("--once", is_flag=True, help="One tick, then stop.")
+@click.option("--dry-run", is_flag=True, help="Print the plan and its reasons; change nothing.")
+@output_option
+@click.pass_obj
+@handles_errors
+def autoscale(obj: Ctx, spec: Path, lab: bool, batch_netns: str | None, once: bool,
+              dry_run: bool, output: str) -> None:
+    """Follow the batch queue: add workers when jobs wait, drain and remove idle ones. Every
+    decision goes to the event log with its reason. SIGTERM stops it between ticks."""
+    import signal
+
+    from elastic.engine.autoscale import Stopper
+    from elastic.state import Store
+    stopper = Stopper()
+    signal.signal(signal.SIGTERM, stopper)
+    signal.signal(signal.SIGINT, stopper)
+    with _autoscaler(obj, spec, lab, batch_netns, progress=False) as scaler:
+        project = scaler.fleet.project(None)
+        with Store.open(obj.state_dir) as store, store.lock(f"{project.name}.autoscale"):
+            while True:
+                result = scaler.tick(dry_run=dry_run)
+                _print_tick(obj, result, output)
+                if once or dry_run or stopper.event.wait(project.scaling.tick):
+                    break
+
+
+def _print_tick(obj: Ctx, result, output: str) -> None:
+    snap = result.snapshot
+    if output == "json":
+        render.print_json({
+            "queue": {"known": snap.known, "pending_jobs": len(snap.pending),
+                      "pending_slots": snap.pending_slots, "held": snap.held,
+                      "errored": snap.errored, "error": snap.error},
+            "workers": [{"name": w.name, "state": str(w.state), "joined": w.joined,
+                         "running_jobs": w.running_jobs} for w in result.workers],
+            "actions": [{"kind": a.kind, "node": a.node, "count": a.count, "site": a.site,
+                         "reason": a.reason} for a in result.plan.actions],
+            "notes": list(result.plan.notes), "applied": result.applied,
+            "errors": result.errors})
+        return
+    queue = (f"{len(snap.pending)} jobs ({snap.pending_slots} slots) waiting"
+             if snap.known else f"queue unknown: {snap.error}")
+    obj.out.print(f"{queue}; {len(result.workers)} workers", markup=False)
+    for a in result.plan.actions:
+        obj.out.print(f"  {a.kind} {a.node or a.count}: {a.reason}", markup=False)
+    for n in result.plan.notes:
+        obj.out.print(f"  note: {n}", markup=False)
+    for e in result.errors:
+        obj.out.print(f"  error: {e}", markup=False)
+
+
+target_argument = click.argument("target", metavar="SPEC|PROJECT")
+
+
+def _target(obj: Ctx, target: str, lab: bool) -> tuple[Path, bool]:
+    """A spec file, or the name of a project that is up (its recorded spec)."""
+    if Path(target).is_file():
+        return Path(target), lab
+    from elastic.engine.projects import recorded_spec
+    return recorded_spec(obj.state_dir, target)
+
+
+@cli.command("add-workers")
+@click.argument("count", type=click.IntRange(1, 1000))
+@target_argument
+@lab_option
+@batch_netns_option
+@output_option
+@click.pass_obj
+@handles_errors
+def add_workers(obj: Ctx, count: int, target: str, lab: bool, batch_netns: str | None,
+                output: str) -> None:
+    """Add COUNT workers to the scaling group now (the autoscaler's own machinery)."""
+    spec, lab = _target(obj, target, lab)
+    with _autoscaler(obj, spec, lab, batch_netns) as scaler:
+        result = scaler.add_workers(count)
+    failed = {n: why for n, why in result.items() if why}
+    if output == "json":
+        render.print_json({"nodes": sorted(result), "failed": failed})
+    else:
+        obj.out.print(f"{len(result) - len(failed)} nodes running, {len(failed)} failed")
+    if failed:
+        sys.exit(EXIT_FAILED)
+
+
+@cli.command("remove-workers")
+@click.argument("count", type=click.IntRange(1, 1000))
+@target_argument
+@lab_option
+@batch_netns_option
+@click.option("--wait/--no-wait", default=True, show_default=True,
+              help="Wait until the drained workers run nothing, then remove them.")
+@output_option
+@click.pass_obj
+@handles_errors
+def remove_workers(obj: Ctx, count: int, target: str, lab: bool, batch_netns: str | None,
+                   wait: bool, output: str) -> None:
+    """Drain COUNT workers (cloud first, then the newest) and remove them once they run
+    nothing. A running job is never killed."""
+    import time as _time
+    spec, lab = _target(obj, target, lab)
+    with _autoscaler(obj, spec, lab, batch_netns) as scaler:
+        drained = scaler.drain_workers(count)
+        removed, busy = scaler.remove_drained()
+        while wait and busy:
+            obj.err.print(f"waiting for {', '.join(busy)} to finish their jobs", markup=False)
+            _time.sleep(5)
+            more, busy = scaler.remove_drained()
+            removed += more
+    if output == "json":
+        render.print_json({"drained": drained, "removed": removed, "still_running_jobs": busy})
+    else:
+        obj.out.print(f"drained {', '.join(drained) or 'none'}; removed "
+                      f"{', '.join(removed) or 'none'}"
+                      + (f"; still running jobs: {', '.join(busy)}" if busy else ""),
+                      markup=False)
+
+
 # ----------------------------------------------------------------------------- lab
 
 @cli.group()

@@ -222,7 +222,7 @@ class Cluster:
                              for n in project.networks if n.kind == "private")})
             hosts = sorted({*old_data.get("hosts", []), *(d.host for d in placement.decisions)})
             store.put_project(project.name, str(spec.resolve()), spec_hash(spec), now,
-                              data={"hosts": hosts, "networks": nets, "lab": lab})
+                              data={**old_data, "hosts": hosts, "networks": nets, "lab": lab})
             for h in project.hosts:
                 store.put_host(h.name, h.uri, now, domain_type=h.domain_type,
                                memory=h.memory or 0, vcpus=h.vcpus or 0, groups=h.groups)
@@ -423,6 +423,23 @@ class Cluster:
         if rec is not None:
             self._move(store, project, node, State.DONE, reason)
             store.release(project, node)
+
+    def room(self, project_with: Callable[[int], Project], limit: int) -> int:
+        """The largest k <= limit such that the project with k more workers still places
+        (every host asked once)."""
+        base = project_with(0)
+        caps = self._preflight(base.hosts)
+        with self.store() as store:
+            current = self._current_placement(store, base)
+        used = self._used_by_others(base.name)
+        caps = {n: HostCapacity(c.name, c.memory, c.vcpus, used.get(n, 0), 0, c.domain_type)
+                for n, c in caps.items()}
+        best = 0
+        for k in range(1, limit + 1):
+            if not place(project_with(k), caps, current).ok:
+                break
+            best = k
+        return best
 
     # ---------------------------------------------------------------------- upgrade
     def upgrade(self, spec: Path, project: Project, *, dry_run: bool = False,

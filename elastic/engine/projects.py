@@ -12,7 +12,8 @@ from elastic.spec.loader import display_path
 LAB_HOSTS = Path("lab") / "hosts.yaml"
 
 
-def resolve_with_state(spec: Path, state_dir: Path | None, *, lab: bool = False) -> Project:
+def resolve_with_state(spec: Path, state_dir: Path | None, *, lab: bool = False,
+                       members: dict[str, list[int]] | None = None) -> Project:
     """Resolve ``spec``, keeping the addresses its nodes were leased before (if the state DB
     knows the project). Reads the DB only; never creates or changes it.
 
@@ -31,6 +32,7 @@ def resolve_with_state(spec: Path, state_dir: Path | None, *, lab: bool = False)
         lab_doc = load_document(state_dir / LAB_HOSTS)
         doc.set("hosts", lab_doc["hosts"], lab_doc.where_of("hosts"))
     leases: dict[tuple[str, str], str] = {}
+    stored: dict[str, list[int]] = {}
     name = doc.get("project")
     if state_dir is not None and isinstance(name, str):
         from elastic.state import Store
@@ -38,7 +40,10 @@ def resolve_with_state(spec: Path, state_dir: Path | None, *, lab: bool = False)
             with Store.open(state_dir, readonly=True) as store:
                 for lease in store.leases(name):
                     leases[(lease.node, lease.iface)] = lease.address
-    return resolve(doc, display_path(spec), leases=leases)
+                rec = store.get_project(name)
+                # the autoscaler's (or add-workers') view of its group wins over count:
+                stored = dict((rec.data or {}).get("members", {})) if rec else {}
+    return resolve(doc, display_path(spec), counts={**stored, **(members or {})}, leases=leases)
 
 
 def recorded_spec(state_dir: Path, project: str) -> tuple[Path, bool]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,11 +30,16 @@ _IFACE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,14}$")
 Leases = Mapping[tuple[str, str], str]
 
 
-def resolve(doc: SMap, source: str, *, counts: Mapping[str, int] | None = None,
+Members = Mapping[str, "int | Sequence[int]"]
+
+
+def resolve(doc: SMap, source: str, *, counts: Members | None = None,
             leases: Leases | None = None) -> m.Project:
     """The resolved project of a raw document.
 
-    ``counts`` overrides the ``count`` of node groups (the autoscaler's view of a group's size);
+    ``counts`` overrides the ``count`` of node groups (the autoscaler's view of a group): a
+    number (members index_start..) or the exact member indices (worker2 removed from worker1..3
+    leaves [1, 3]);
     ``leases`` are addresses handed out before, kept so that nodes keep their addresses when
     the file changes around them.
     """
@@ -89,7 +94,7 @@ class _Node:
 
 
 class _Resolver:
-    def __init__(self, doc: SMap, source: str, counts: Mapping[str, int], leases: Leases) -> None:
+    def __init__(self, doc: SMap, source: str, counts: Members, leases: Leases) -> None:
         self.doc = doc
         self.source = source
         self.counts = counts
@@ -361,9 +366,10 @@ class _Resolver:
             self.problems.add(f"names pattern '{pattern}' must contain {{n}} (e.g. worker{{n}} or "
                               "node{n:02d})", raw.where_of("names"), f"nodes.{group}.names")
             return []
+        indices = range(blk.index_start, blk.index_start + count) if isinstance(count, int) \
+            else sorted(set(count))
         try:
-            return [(pattern.format(n=i), i)
-                    for i in range(blk.index_start, blk.index_start + count)]
+            return [(pattern.format(n=i), i) for i in indices]
         except (KeyError, IndexError, ValueError) as e:
             self.problems.add(f"bad names pattern '{pattern}': {e} (only {{n}} may be used)",
                               raw.where_of("names"), f"nodes.{group}.names")

@@ -395,6 +395,23 @@ class Store:
                       {k: fields[k] for k in _LOGGED_FIELDS if k in fields})
         return dataclasses.replace(old, state=dst, state_since=now, **fields)
 
+    def update_node_data(self, project: str, name: str, data: Mapping[str, Any]) -> None:
+        """Replace a node's ``data`` (observations such as idle_since); not a state change,
+        so no event is logged."""
+        with self.transaction():
+            cur = self._conn.execute("UPDATE nodes SET data = ? WHERE project = ? AND name = ?",
+                                     (_dumps(dict(data)), project, name))
+            if cur.rowcount == 0:
+                raise NotFound(f"no node {name} in project {project}")
+
+    def update_project_data(self, name: str, data: Mapping[str, Any], now: float) -> None:
+        """Replace a project's ``data`` (e.g. the autoscaler's memory); no event logged."""
+        with self.transaction():
+            cur = self._conn.execute("UPDATE projects SET data = ?, updated = ? WHERE name = ?",
+                                     (_dumps(dict(data)), now, name))
+            if cur.rowcount == 0:
+                raise NotFound(f"no project {name}")
+
     def get_node(self, project: str, name: str) -> NodeRecord | None:
         row = self._conn.execute("SELECT * FROM nodes WHERE project = ? AND name = ?",
                                  (project, name)).fetchone()

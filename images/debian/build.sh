@@ -187,7 +187,7 @@ input_hash=$({
 } | sha256sum | cut -d' ' -f1)
 
 # One build at a time in OUTDIR (elastic may ask for the image from several threads).
-exec 9>"$out/.lock"
+exec 9>>"$out/.lock"
 flock 9
 
 if [ "${FORCE:-0}" != 1 ] && [ -f "$out/manifest.json" ] && [ -f "$out/disk.qcow2" ] &&
@@ -365,9 +365,12 @@ GRUB_CMDLINE_LINUX="console=tty0 console=ttyS0,115200 net.ifnames=0 panic=-1"
 GRUB_TERMINAL="serial console"
 GRUB_SERIAL_COMMAND="serial --unit=0 --speed=115200"
 EOF
-# core.img: "(,msdos1)" is partition 1 of the disk the BIOS booted from.
+# core.img: "(,msdos1)" is partition 1 of the disk the BIOS booted from. The modules that
+# grub.cfg needs are inside it (no file lookups through the BIOS for them); others still
+# load from /boot/grub/i386-pc.
 in_root grub-mkimage -O i386-pc -o /tmp/core.img -p '(,msdos1)/boot/grub' \
-    biosdisk part_msdos ext2 search_fs_uuid || die "grub-mkimage failed"
+    biosdisk part_msdos ext2 normal search search_fs_uuid serial terminal terminfo linux \
+    gzio echo test || die "grub-mkimage failed"
 mv "$root/tmp/core.img" "$work/core.img"
 head -c 440 "$root/usr/lib/grub/i386-pc/boot.img" >"$work/boot.img"
 grub_version=$(in_root dpkg-query -W -f '${Version}' grub-pc-bin)

@@ -132,3 +132,20 @@ def test_console_finds_the_node_and_its_host(tmp_path: Path) -> None:
         console_command(state, "web")
     with pytest.raises(PermanentError, match="no node nope"):
         console_command(state, "nope")
+
+
+def test_autoscale_needs_a_scaling_section_and_a_known_batch_system(tmp_path: Path, write) -> None:
+    spec = write("c.yaml", "project: p\nnodes:\n  a: {image: tiny}\n")
+    r = run("autoscale", "--once", str(spec), state=tmp_path / "s")
+    assert r.exit_code == 2 and "no scaling: section" in r.stderr
+    spec = write("d.yaml", """
+project: q
+nodes:
+  head: {image: tiny}
+  worker: {image: tiny, count: 0}
+scaling: {group: worker, batch: {system: slurm, master: head}}
+""")
+    r = run("autoscale", "--once", str(spec), state=tmp_path / "s")
+    assert r.exit_code == 2 and "slurm is not supported yet" in r.stderr
+    r = run("add-workers", "2", "nosuchproject", state=tmp_path / "s")
+    assert r.exit_code == 1 and "no project named nosuchproject" in r.stderr

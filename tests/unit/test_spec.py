@@ -232,3 +232,16 @@ nodes:
     startup: ["echo ${who} $${HOME}"]
 """))
     assert p.node("a").startup == ("echo world ${HOME}",)
+
+
+def test_group_members_can_be_given_exactly(write):
+    path = write("c.yaml", """
+project: members
+networks: {lan: {cidr: 10.0.0.0/24}}
+nodes:
+  w: {image: tiny, count: 3, interfaces: {eth0: {network: lan}}}
+""")
+    leases = {("w1", "eth0"): "10.0.0.1", ("w3", "eth0"): "10.0.0.3"}
+    p = load_project(path, counts={"w": [1, 3, 4]}, leases=leases)
+    assert [(n.name, n.index, n.interface("eth0").address) for n in p.nodes] == \
+        [("w1", 1, "10.0.0.1"), ("w3", 3, "10.0.0.3"), ("w4", 4, "10.0.0.2")]

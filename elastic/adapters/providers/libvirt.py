@@ -189,8 +189,12 @@ class LibvirtHost:
         vol = self.volume(name)
         if vol is not None:
             return vol.path()
-        cap = f"<capacity unit='MiB'>{capacity_mib}</capacity>" if capacity_mib else \
-            "<capacity unit='bytes'>0</capacity>"
+        try:   # never smaller than the base: that would cut its file system off
+            base_bytes = self.conn.storageVolLookupByPath(backing).info()[1]
+        except Exception:
+            base_bytes = 0
+        want = max((capacity_mib or 0) << 20, base_bytes)
+        cap = f"<capacity unit='bytes'>{want}</capacity>"
         xml = (f"<volume><name>{name}</name>{cap}<target><format type='qcow2'/></target>"
                f"<backingStore><path>{backing}</path><format type='qcow2'/></backingStore>"
                f"</volume>")

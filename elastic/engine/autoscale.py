@@ -1,0 +1,339 @@
+"""The autoscaler: every tick, observe the queue and the workers, decide (pure, elastic.policy),
+act through the same machinery as `elastic up`, and record every decision with its reason.
+
+The group's members (which worker indices exist) live in the state DB (project data
+``members``), so `elastic up`/`plan` of the same file see the autoscaled group, and a
+controller killed at any point starts again from what the DB and the hosts say.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from elastic.clock import Clock, SystemClock
+from elastic.errors import ElasticError, PermanentError, TransientError
+from elastic.lifecycle import State
+from elastic.model import NodeSpec, Project, QueueSnapshot
+from elastic.policy import (PRIVATE, Action, Capacity, LaunchOutcome, Memory, Plan, WorkerShape,
+                            WorkerView, decide)
+from elastic.state import NodeRecord, Store
+
+log = logging.getLogger(__name__)
+
+
+class BatchSystem(Protocol):
+    """What the autoscaler needs of a batch system (elastic.adapters.batch.sge.SGE)."""
+
+    def snapshot(self, now: float) -> QueueSnapshot: ...
+    def add_exec_host(self, name: str, slots: int) -> None: ...
+    def disable(self, name: str) -> None: ...
+    def enable(self, name: str) -> None: ...
+    def remove_exec_host(self, name: str) -> None: ...
+
+
+class Fleet(Protocol):
+    """What the autoscaler needs of the VM machinery (engine.cluster.Cluster with a spec)."""
+
+    def project(self, members: list[int] | None) -> Project: ...
+    def room(self, members: list[int], limit: int) -> int: ...
+    def converge(self, members: list[int]) -> dict[str, str]: ...   # node -> '' | failure
+    def move(self, store: Store, node: str, state: State, reason: str) -> None: ...
+
+
+@dataclass
+class TickResult:
+    plan: Plan
+    snapshot: QueueSnapshot
+    workers: list[WorkerView]
+    applied: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+class Autoscaler:
+    def __init__(self, project_name: str, store_open: Callable[[], Store], batch: BatchSystem,
+                 fleet: Fleet, *, clock: Clock | None = None) -> None:
+        self.name = project_name
+        self.store_open = store_open
+        self.batch = batch
+        self.fleet = fleet
+        self.clock = clock or SystemClock()
+
+    # -------------------------------------------------------------------- observing
+    def _members(self, store: Store, project: Project) -> list[int]:
+        rec = store.get_project(self.name)
+        members = (rec.data or {}).get("members", {}) if rec else {}
+        group = project.scaling.group
+        if group in members:
+            return sorted(members[group])
+        return sorted(n.index for n in project.nodes if n.group == group and n.index is not None)
+
+    def _save(self, store: Store, *, members: list[int] | None = None,
+              memory: Memory | None = None, outcomes: list[LaunchOutcome] | None = None,
+              group: str) -> None:
+        rec = store.get_project(self.name)
+        if rec is None:
+            raise PermanentError(f"project {self.name} is not up (run elastic up first)")
+        data = dict(rec.data or {})
+        if members is not None:
+            data["members"] = {**data.get("members", {}), group: sorted(members)}
+        if memory is not None:
+            data["autoscale"] = memory.to_dict()
+        if outcomes is not None:
+            data["outcomes"] = [o.__dict__ for o in outcomes]
+        store.update_project_data(self.name, data, self.clock.now())
+
+    def workers(self, store: Store, project: Project, snapshot: QueueSnapshot,
+                now: float) -> list[WorkerView]:
+        group = project.scaling.group
+        specs = {n.name: n for n in project.nodes if n.group == group}
+        hosts = {h.name.split(".")[0]: h for h in snapshot.hosts}
+        running: dict[str, int] = {}
+        for job in snapshot.running:
+            if job.host:
+                running[job.host.split(".")[0]] = running.get(job.host.split(".")[0], 0) + 1
+        out = []
+        for rec in store.list_nodes(self.name):
+            if rec.state == State.DONE or (rec.data or {}).get("group") != group:
+                continue
+            exec_host = hosts.get(rec.name)
+            data = dict(rec.data or {})
+            joined = bool(data.get("joined")) or (exec_host is not None and not exec_host.alarm)
+            busy_slots = exec_host.slots_used if exec_host else 0
+            jobs = running.get(rec.name, 0)
+            idle_since = data.get("idle_since")
+            if snapshot.known:
+                idle_since = None if (jobs or busy_slots) else (idle_since or now)
+            if (joined, idle_since) != (data.get("joined"), data.get("idle_since")):
+                store.update_node_data(self.name, rec.name,
+                                       {**data, "joined": joined, "idle_since": idle_since})
+            node = specs.get(rec.name)
+            out.append(WorkerView(rec.name, rec.site, rec.state, rec.created, rec.state_since,
+                                  node.vcpus if node else int(data.get("vcpus", 1)),
+                                  running_jobs=jobs, slots_used=busy_slots,
+                                  idle_since=idle_since, joined=joined, host=rec.host))
+        return out
+
+    # --------------------------------------------------------------------- one tick
+    def tick(self, *, dry_run: bool = False) -> TickResult:
+        now = self.clock.now()
+        project = self.fleet.project(None)
+        if project.scaling is None:
+            raise PermanentError(f"{project.source}: no scaling: section, nothing to autoscale")
+        spec = project.scaling
+        snapshot = self.batch.snapshot(now)
+        with self.store_open() as store:
+            rec = store.get_project(self.name)
+            if rec is None:
+                raise PermanentError(f"project {self.name} is not up (run elastic up first)")
+            memory = Memory.from_dict((rec.data or {}).get("autoscale") or {})
+            outcomes = [LaunchOutcome(**o) for o in (rec.data or {}).get("outcomes", [])]
+            members = self._members(store, project)
+            workers = self.workers(store, project, snapshot, now)
+            shape = self._shape(project)
+            alive = [w for w in workers]
+            room = self.fleet.room(members, max(0, spec.max_workers - len(alive)))
+            plan = decide(snapshot, workers, spec, shape, Capacity(private=room), memory, now,
+                          outcomes=outcomes)
+            result = TickResult(plan, snapshot, workers)
+            if dry_run:
+                return result
+            self._save(store, memory=plan.memory, outcomes=[], group=spec.group)
+            for action in plan.actions:
+                store.record_event(self.name, f"decision:{action.kind}", now,
+                                   node=action.node, reason=action.reason)
+            for note in plan.notes:
+                store.record_event(self.name, "note", now, reason=note)
+            self._admit(store, workers, result)
+        self.apply(plan, project, result)
+        return result
+
+    def _shape(self, project: Project) -> WorkerShape:
+        group = project.scaling.group
+        node = next((n for n in project.nodes if n.group == group), None)
+        if node is None:   # the group is empty: resolve one member to learn its shape
+            node = next(n for n in self.fleet.project([1]).nodes if n.group == group)
+        return WorkerShape.of(node)
+
+    def _admit(self, store: Store, workers: list[WorkerView], result: TickResult) -> None:
+        """Workers that are RUNNING but not yet execution hosts are admitted by the head."""
+        for w in workers:
+            if w.state == State.RUNNING and not w.joined:
+                try:
+                    self.batch.add_exec_host(w.name, w.slots)
+                    result.applied.append(f"admitted {w.name} as an execution host")
+                except ElasticError as e:
+                    result.errors.append(f"admit {w.name}: {e}")
+
+    # ------------------------------------------------------------------------- acting
+    def apply(self, plan: Plan, project: Project, result: TickResult) -> None:
+        """Carry out the plan's actions in their order; one failed action never stops the
+        others (it is recorded and the next tick sees the world as it is)."""
+        group = project.scaling.group
+        gone: list[str] = []
+        launches = 0
+        with self.store_open() as store:
+            for action in plan.actions:
+                try:
+                    if action.kind == "drain":
+                        self.batch.disable(action.node)
+                        self.fleet.move(store, action.node, State.DRAINING, action.reason)
+                    elif action.kind == "undrain":
+                        self.batch.enable(action.node)
+                        self.fleet.move(store, action.node, State.RUNNING, action.reason)
+                    elif action.kind in ("remove", "replace"):
+                        if action.kind == "remove":
+                            self.batch.remove_exec_host(action.node)   # refuses a busy host
+                        gone.append(action.node)
+                    elif action.kind == "launch":
+                        if action.site != PRIVATE:
+                            result.errors.append(f"launch on {action.site}: no cloud is "
+                                                 "connected yet")
+                            continue
+                        launches += action.count
+                    result.applied.append(f"{action.kind} {action.node or action.count}")
+                except (ElasticError, ValueError) as e:
+                    result.errors.append(f"{action.kind} {action.node or ''}: {e}")
+            members = self._members(store, project)
+            index_of = {n.name: n.index for n in project.nodes if n.group == group}
+            members = [i for i in members if i not in {index_of.get(g) for g in gone}]
+            new = _next_indices(members, launches)
+            if gone or new:
+                self._save(store, members=members + new, group=group)
+        if not (gone or new):
+            return
+        failures = self.fleet.converge(sorted(members + new))
+        new_names = {n.name for n in self.fleet.project(sorted(members + new)).nodes
+                     if n.group == group and n.index in new}
+        outcomes = [LaunchOutcome(PRIVATE, not failures.get(n), n, failures.get(n, ""))
+                    for n in sorted(new_names)]
+        with self.store_open() as store:
+            self._save(store, outcomes=outcomes, group=group)
+
+    # --------------------------------------------------------------------- by hand
+    def add_workers(self, count: int) -> dict[str, str]:
+        """Launch ``count`` workers now (through the same machinery as the daemon)."""
+        project = self.fleet.project(None)
+        group = project.scaling.group
+        with self.store_open() as store:
+            members = self._members(store, project)
+            room = self.fleet.room(members, count)
+            if room < count:
+                raise TransientError(f"only {room} more worker(s) fit on the private hosts "
+                                     f"(asked for {count}); no cloud is connected yet")
+            new = _next_indices(members, count)
+            self._save(store, members=members + new, group=group)
+            store.record_event(self.name, "decision:launch", self.clock.now(),
+                               reason=f"elastic add-workers {count}")
+        return self.fleet.converge(sorted(members + new))
+
+    def drain_workers(self, count: int) -> list[str]:
+        """Drain ``count`` workers (cloud first, then the newest private ones); they are
+        removed by :meth:`remove_drained` once they run nothing. Never kills a job."""
+        project = self.fleet.project(None)
+        now = self.clock.now()
+        snapshot = self.batch.snapshot(now)
+        if not snapshot.known:
+            raise TransientError(f"the batch system does not answer ({snapshot.error}); "
+                                 "nothing drained")
+        with self.store_open() as store:
+            workers = [w for w in self.workers(store, project, snapshot, now)
+                       if w.state == State.RUNNING]
+            workers.sort(key=lambda w: (not w.is_cloud, -w.created, w.name))
+            chosen = workers[:count]
+            for w in chosen:
+                self.batch.disable(w.name)
+                self.fleet.move(store, w.name, State.DRAINING,
+                                f"elastic remove-workers: drained (runs {w.running_jobs} jobs)")
+        return [w.name for w in chosen]
+
+    def remove_drained(self) -> tuple[list[str], list[str]]:
+        """Remove the draining workers that run nothing; (removed, still busy)."""
+        project = self.fleet.project(None)
+        now = self.clock.now()
+        snapshot = self.batch.snapshot(now)
+        if not snapshot.known:
+            return [], []
+        removed, busy = [], []
+        group = project.scaling.group
+        with self.store_open() as store:
+            for w in self.workers(store, project, snapshot, now):
+                if w.state != State.DRAINING:
+                    continue
+                if w.busy:
+                    busy.append(w.name)
+                    continue
+                try:
+                    self.batch.remove_exec_host(w.name)
+                except TransientError:
+                    busy.append(w.name)
+                    continue
+                removed.append(w.name)
+            if removed:
+                index_of = {n.name: n.index for n in project.nodes if n.group == group}
+                members = [i for i in self._members(store, project)
+                           if i not in {index_of[r] for r in removed}]
+                self._save(store, members=members, group=group)
+        if removed:
+            self.fleet.converge(self._members_now(project))
+        return removed, busy
+
+    def _members_now(self, project: Project) -> list[int]:
+        with self.store_open() as store:
+            return self._members(store, project)
+
+
+def _next_indices(members: list[int], count: int) -> list[int]:
+    """The lowest free member indices (a removed worker's name is used again later)."""
+    out, i, have = [], 1, set(members)
+    while len(out) < count:
+        if i not in have:
+            out.append(i)
+        i += 1
+    return out
+
+
+class Stopper:
+    """SIGTERM/SIGINT stop the daemon between ticks."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def __call__(self, *_: object) -> None:
+        self.event.set()
+
+
+class ClusterFleet:
+    """The real Fleet: the project's spec file and the libvirt machinery of `elastic up`."""
+
+    def __init__(self, cluster, spec, state_dir, *, lab: bool = False) -> None:
+        self.cluster = cluster
+        self.spec = spec
+        self.state_dir = state_dir
+        self.lab = lab
+        self._name: str | None = None
+
+    def project(self, members: list[int] | None) -> Project:
+        from elastic.engine.projects import resolve_with_state
+        base = resolve_with_state(self.spec, self.state_dir, lab=self.lab)
+        if members is None or base.scaling is None:
+            return base
+        return resolve_with_state(self.spec, self.state_dir, lab=self.lab,
+                                  members={base.scaling.group: members})
+
+    def room(self, members: list[int], limit: int) -> int:
+        """How many more workers fit on the private hosts (placement decides), up to limit."""
+        return self.cluster.room(lambda extra: self.project(members + _next_indices(members,
+                                                                                    extra)),
+                                 limit)
+
+    def converge(self, members: list[int]) -> dict[str, str]:
+        project = self.project(members)
+        outcome = self.cluster.up(self.spec, project, lab=self.lab)
+        return {**{n: "" for n in outcome.running}, **outcome.failed}
+
+    def move(self, store: Store, node: str, state: State, reason: str) -> None:
+        self.cluster._move(store, self.project(None).name, node, state, reason)

@@ -1,0 +1,221 @@
+"""The autoscaler's tick with a fake batch system (failure knobs) and a fake fleet that
+makes nodes in the real state DB the way `elastic up` does, and the real decide()."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from elastic.clock import FakeClock
+from elastic.engine.autoscale import Autoscaler
+from elastic.errors import TransientError
+from elastic.lifecycle import State, path
+from elastic.model import ExecHost, Job, QueueSnapshot
+from elastic.spec import load_project
+from elastic.state import Store
+
+SPEC = """
+project: auto
+networks: {lan: {cidr: 10.0.0.0/24}}
+classes:
+  n: {image: tiny, memory: 128M, vcpus: 2, interfaces: {eth0: {network: lan}}}
+nodes:
+  head: {class: n}
+  worker: {class: n, count: 0}
+scaling:
+  group: worker
+  batch: {master: head}
+  min_workers: 0
+  max_workers: 4
+  scale_up_after: 5s
+  idle_timeout: 60s
+  min_lifetime: 60s
+  cooldown: 10s
+"""
+
+
+class FakeBatch:
+    """A queue the test fills; knobs: down (blind), busy hosts refuse removal."""
+
+    def __init__(self) -> None:
+        self.pending: list[Job] = []
+        self.running: list[Job] = []
+        self.hosts: dict[str, ExecHost] = {}
+        self.down = False
+        self.calls: list[tuple[str, str]] = []
+
+    def snapshot(self, now: float) -> QueueSnapshot:
+        if self.down:
+            return QueueSnapshot(now, known=False, error="qstat: master down")
+        return QueueSnapshot(now, True, tuple(self.pending), tuple(self.running),
+                             hosts=tuple(self.hosts.values()))
+
+    def add_exec_host(self, name: str, slots: int) -> None:
+        self.calls.append(("add", name))
+        self.hosts[name] = ExecHost(name, slots, 0)
+
+    def disable(self, name: str) -> None:
+        self.calls.append(("disable", name))
+
+    def enable(self, name: str) -> None:
+        self.calls.append(("enable", name))
+
+    def remove_exec_host(self, name: str) -> None:
+        if any(j.host == name for j in self.running):
+            raise TransientError(f"{name} still runs jobs")
+        self.calls.append(("remove", name))
+        self.hosts.pop(name, None)
+
+
+class FakeFleet:
+    def __init__(self, spec: Path, state: Path, clock: FakeClock, room: int = 10) -> None:
+        self.spec, self.state, self.clock, self._room = spec, state, clock, room
+        self.converged: list[list[int]] = []
+
+    def project(self, members):
+        with Store.open(self.state) as store:
+            rec = store.get_project("auto")
+            stored = (rec.data or {}).get("members", {}) if rec else {}
+        counts = {**stored, **({"worker": members} if members is not None else {})}
+        return load_project(self.spec, counts=counts)
+
+    def room(self, members, limit):
+        return min(self._room, limit)
+
+    def converge(self, members):
+        project = self.project(members)
+        now = self.clock.now()
+        with Store.open(self.state) as store:
+            wanted = {n.name: n for n in project.nodes}
+            for n in project.nodes:
+                rec = store.get_node("auto", n.name)
+                if rec is None or rec.state == State.DONE:
+                    store.add_node("auto", n.name, now, host="h1",
+                                   data={"group": n.group, "vcpus": n.vcpus, "memory": n.memory})
+                    for s in path(State.PENDING, State.RUNNING):
+                        store.transition("auto", n.name, s, "fake up", now)
+            for rec in store.list_nodes("auto"):
+                if rec.name not in wanted and rec.state != State.DONE:
+                    self.move(store, rec.name, State.DONE, "not in the spec any more")
+        self.converged.append(list(members))
+        return {n: "" for n in wanted}
+
+    def move(self, store, node, state, reason):
+        rec = store.get_node("auto", node)
+        for s in path(rec.state, state):
+            store.transition("auto", node, s, reason, self.clock.now())
+
+
+@pytest.fixture
+def world(tmp_path: Path):
+    spec = tmp_path / "auto.yaml"
+    spec.write_text(SPEC)
+    state = tmp_path / "state"
+    clock = FakeClock(1000.0)
+    with Store.open(state) as store:
+        store.put_project("auto", str(spec), "0" * 64, clock.now())
+    batch = FakeBatch()
+    fleet = FakeFleet(spec, state, clock)
+    fleet.converge([])                    # the head, as `elastic up` made it
+    scaler = Autoscaler("auto", lambda: Store.open(state), batch, fleet, clock=clock)
+    return scaler, batch, fleet, clock, state
+
+
+def job(i: int, submitted: float, host: str | None = None, state: str = "qw") -> Job:
+    return Job(str(i), f"j{i}", "alice", state, slots=1, submitted=submitted, host=host)
+
+
+def states(state: Path) -> dict[str, str]:
+    with Store.open(state) as store:
+        return {r.name: str(r.state) for r in store.list_nodes("auto") if r.name != "head"}
+
+
+def test_waiting_jobs_launch_workers_that_are_then_admitted(world):
+    scaler, batch, fleet, clock, state = world
+    batch.pending = [job(i, clock.now()) for i in range(6)]
+    clock.advance(10)
+    result = scaler.tick()
+    assert [a.kind for a in result.plan.actions] == ["launch"]
+    assert result.plan.actions[0].count == 3           # 6 slots / 2 per worker
+    assert fleet.converged[-1] == [1, 2, 3]
+    assert states(state) == {"worker1": "RUNNING", "worker2": "RUNNING", "worker3": "RUNNING"}
+    clock.advance(15)
+    result = scaler.tick()
+    assert {c for c in batch.calls if c[0] == "add"} == {("add", f"worker{i}") for i in (1, 2, 3)}
+    with Store.open(state) as store:
+        kinds = [e.kind for e in store.events("auto")]
+    assert "decision:launch" in kinds
+
+
+def test_idle_workers_are_drained_then_removed_but_a_busy_one_is_kept(world):
+    scaler, batch, fleet, clock, state = world
+    scaler.add_workers(2)
+    for w in ("worker1", "worker2"):
+        batch.add_exec_host(w, 2)
+    batch.running = [job(99, clock.now(), host="worker1", state="r")]
+    batch.hosts["worker1"] = ExecHost("worker1", 2, 1)
+    for _ in range(8):                              # several minutes of no demand
+        clock.advance(30)
+        scaler.tick()
+    assert states(state) == {"worker1": "RUNNING", "worker2": "DONE"}
+    assert ("remove", "worker2") in batch.calls
+    assert ("disable", "worker1") not in batch.calls
+    # the long job ends: now worker1 goes too, never while it ran something
+    batch.running = []
+    batch.hosts["worker1"] = ExecHost("worker1", 2, 0)
+    for _ in range(8):
+        clock.advance(30)
+        scaler.tick()
+    assert states(state) == {"worker1": "DONE", "worker2": "DONE"}
+    assert fleet.converged[-1] == []
+
+
+def test_a_blind_tick_changes_nothing(world):
+    scaler, batch, fleet, clock, state = world
+    scaler.add_workers(1)
+    batch.down = True
+    for _ in range(10):
+        clock.advance(60)
+        result = scaler.tick()
+        assert result.plan.actions == ()
+    assert states(state) == {"worker1": "RUNNING"}
+    assert any("unknown" in n for n in result.plan.notes)
+
+
+def test_dry_run_decides_but_changes_nothing(world):
+    scaler, batch, fleet, clock, state = world
+    batch.pending = [job(i, clock.now()) for i in range(4)]
+    clock.advance(10)
+    result = scaler.tick(dry_run=True)
+    assert result.plan.launched == 2
+    assert states(state) == {}
+    assert len(fleet.converged) == 1                  # only the fixture's
+
+
+def test_remove_workers_by_hand_drains_and_never_kills(world):
+    scaler, batch, fleet, clock, state = world
+    scaler.add_workers(2)
+    for w in ("worker1", "worker2"):
+        batch.add_exec_host(w, 2)
+    clock.advance(5)
+    scaler.add_workers(1)                             # worker3 is the newest
+    batch.add_exec_host("worker3", 2)
+    batch.running = [job(7, clock.now(), host="worker3", state="r")]
+    batch.hosts["worker3"] = ExecHost("worker3", 2, 1)
+    assert scaler.drain_workers(1) == ["worker3"]
+    removed, busy = scaler.remove_drained()
+    assert (removed, busy) == ([], ["worker3"])
+    assert states(state)["worker3"] == "DRAINING"
+    batch.running = []
+    batch.hosts["worker3"] = ExecHost("worker3", 2, 0)
+    assert scaler.remove_drained() == (["worker3"], [])
+    assert states(state) == {"worker1": "RUNNING", "worker2": "RUNNING", "worker3": "DONE"}
+
+
+def test_add_workers_beyond_the_room_is_refused(world):
+    scaler, batch, fleet, clock, state = world
+    fleet._room = 1
+    with pytest.raises(TransientError, match="only 1 more worker"):
+        scaler.add_workers(3)
+    assert states(state) == {}
