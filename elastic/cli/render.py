@@ -128,3 +128,8 @@ def print_status(report: dict[str, Any], console: Console) -> None:
         nodes.add_row(f"{n['name']}.{n['project']}", state, n["host"] or "-", addrs,
                       _uptime(n["uptime"]), n["reason"][:60])
     console.print(nodes)
+    if report.get("decisions"):
+        console.print("last decisions:")
+        for d in report["decisions"]:
+            what = d["kind"].removeprefix("decision:")
+            console.print(f"  {what} {d['node'] or ''}: {d['reason']}", markup=False)

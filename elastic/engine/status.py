@@ -19,7 +19,7 @@ PROBE_TIMEOUT = 8.0
 def collect(state_dir: Path, project: str | None = None) -> dict[str, Any]:
     now = SystemClock().now()
     if not Store.exists(state_dir):
-        return {"hosts": [], "nodes": [], "projects": []}
+        return {"hosts": [], "nodes": [], "projects": [], "decisions": []}
     with Store.open(state_dir, readonly=True) as store:
         if project is not None and store.get_project(project) is None:
             raise PermanentError(f"no project named {project} in {state_dir}")
@@ -33,10 +33,14 @@ def collect(state_dir: Path, project: str | None = None) -> dict[str, Any]:
                      "mac": lease.mac})
         hosts = store.hosts()
         reasons = {}
+        decisions = []
         for p in projects:
             for ev in store.events(p):
                 if ev.node:
                     reasons[(p, ev.node)] = ev.reason
+                if ev.kind.startswith("decision:") or ev.kind == "note":
+                    decisions.append({"project": p, "time": ev.time, "kind": ev.kind,
+                                      "node": ev.node, "reason": ev.reason})
     live = _probe(hosts)
     nodes = []
     for n in records:
@@ -62,7 +66,8 @@ def collect(state_dir: Path, project: str | None = None) -> dict[str, Any]:
             "projects": sorted({n["project"] for n in mine}),
             "vms": info.get("vms", []),
         })
-    return {"projects": projects, "hosts": host_rows, "nodes": nodes}
+    return {"projects": projects, "hosts": host_rows, "nodes": nodes,
+            "decisions": decisions[-10:]}
 
 
 def _probe(hosts) -> dict[str, dict[str, Any]]:
