@@ -21,7 +21,7 @@ from elastic.adapters import context as ctx
 from elastic.adapters import images, render
 from elastic.adapters.providers.libvirt import LibvirtHost, POOL_PATH
 from elastic.clock import Clock, SystemClock
-from elastic.errors import ConfigError, ElasticError, PermanentError, Problem
+from elastic.errors import ConfigError, ElasticError, PermanentError, Problem, TransientError
 from elastic.lifecycle import InvalidTransition, State, path
 from elastic.model import HostSpec, NodeSpec, Project
 from elastic.engine.diff import Change, diff
@@ -517,10 +517,17 @@ class Cluster:
         errors: dict[str, str] = {}
 
         def one(node: NodeSpec) -> None:
-            try:
-                src.migrate(render.domain_name(node), dest_uri)
-            except Exception as e:
-                errors[node.name] = str(e)
+            for attempt in (1, 2, 3):
+                try:
+                    src.migrate(render.domain_name(node), dest_uri)
+                    errors.pop(node.name, None)
+                    return
+                except TransientError as e:      # the guest stayed where it was
+                    errors[node.name] = str(e)
+                    time.sleep(attempt)
+                except Exception as e:
+                    errors[node.name] = str(e)
+                    return
 
         with concurrent.futures.ThreadPoolExecutor(max_workers=len(nodes)) as ex:
             list(ex.map(one, nodes))

@@ -128,8 +128,23 @@ def test_live_migration_between_lab_hosts(the_lab):
         dom.create()
         flags = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER
                  | libvirt.VIR_MIGRATE_PERSIST_DEST | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)
-        dom.migrateToURI3(h2.migration_uri, {libvirt.VIR_MIGRATE_PARAM_URI: "tcp://10.77.0.12"},
-                          flags)
+        lab = the_lab[0]
+        for attempt in (1, 2):
+            try:
+                dom.migrateToURI3(h2.migration_uri,
+                                  {libvirt.VIR_MIGRATE_PARAM_URI: "tcp://10.77.0.12"}, flags)
+                break
+            except libvirt.libvirtError as e:
+                # seen once in CI: "client socket is closed" (the peer-to-peer connection to
+                # the target's libvirtd dropped). A failed migration leaves the guest where it
+                # was, so one more try is safe; the daemons' logs say what happened.
+                logs = "\n".join(f"--- {h}: " + (lab._log_file(h).read_text()[-2000:]
+                                                  if lab._log_file(h).exists() else "(no log)")
+                                  for h in ("h1", "h2"))
+                print(f"migration attempt {attempt} failed: {e}\n{logs}")
+                if attempt == 2 or "socket is closed" not in str(e):
+                    raise AssertionError(f"{e}\n{logs}") from None
+                time.sleep(2)
         assert [d.name() for d in dst.listAllDomains()] == ["lab-mig"]
         assert dst.lookupByName("lab-mig").isActive()
         assert src.listAllDomains() == []

@@ -28,6 +28,9 @@ POOL = "elastic"
 POOL_PATH = "/var/lib/libvirt/images/elastic"
 CONNECT_TIMEOUT = 20.0
 _CHUNK = 1 << 20
+# a dropped connection between the two libvirtds: the migration did not happen
+_DROPPED_CONNECTION = ("socket is closed", "Cannot recv data", "Connection reset",
+                       "End of file while reading data")
 
 
 def _libvirt():  # imported lazily: only hosts need it, not the CLI's other commands
@@ -368,8 +371,12 @@ class LibvirtHost:
         try:
             dom.migrateToURI3(dest_uri, params, flags)
         except libvirt.libvirtError as e:
-            raise PermanentError(f"migration of {name} from {self.name} to {dest_uri} failed: "
-                                 f"{e.get_error_message()}") from None
+            message = f"migration of {name} from {self.name} to {dest_uri} failed: " \
+                      f"{e.get_error_message()}"
+            still_here = self.domain(name) is not None
+            if still_here and any(t in str(e) for t in _DROPPED_CONNECTION):
+                raise TransientError(message) from None   # the guest stayed: safe to retry
+            raise PermanentError(message) from None
         finally:
             done.set()
         return time.monotonic() - t0
