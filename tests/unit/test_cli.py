@@ -149,3 +149,31 @@ scaling: {group: worker, batch: {system: slurm, master: head}}
     assert r.exit_code == 2 and "slurm is not supported yet" in r.stderr
     r = run("add-workers", "2", "nosuchproject", state=tmp_path / "s")
     assert r.exit_code == 1 and "no project named nosuchproject" in r.stderr
+
+
+def test_status_shows_a_host_that_does_not_answer_and_the_nodes(tmp_path: Path) -> None:
+    from elastic.lifecycle import State
+    from elastic.state import Store
+    state = tmp_path / "state"
+    with Store.open(state) as store:
+        store.put_host("h9", f"qemu:///system?socket={tmp_path}/none/sock", 1.0,
+                       domain_type="qemu", memory=1024)
+        store.put_project("p", "p.yaml", "0" * 64, 1.0)
+        store.add_node("p", "a", 1.0, host="h9", data={"memory": 128, "vcpus": 1})
+        for s in (State.PROLOG, State.BOOT, State.RUNNING):
+            store.transition("p", "a", s, "ready: answered on 10.0.0.5", 2.0)
+        store.lease("p", "lan", "10.0.0.5", "a", "eth0", "02:00:0a:00:00:05", 2.0)
+        store.record_event("p", "decision:launch", 3.0, reason="2 slots wait: launching 1")
+    r = run("status", "-o", "json", state=state)
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.output)
+    host = data["hosts"][0]
+    assert host["name"] == "h9" and host["answers"] is False and host["error"]
+    assert host["memory_assigned"] == 128 and host["projects"] == ["p"]
+    node = data["nodes"][0]
+    assert (node["name"], node["state"], node["addresses"][0]["address"]) == \
+        ("a", "RUNNING", "10.0.0.5")
+    assert node["reason"] == "ready: answered on 10.0.0.5" and node["uptime"] > 0
+    assert data["decisions"][-1]["reason"] == "2 slots wait: launching 1"
+    text = run("status", state=state).output
+    assert "a.p" in text and "RUNNING" in text and "launching 1" in text
