@@ -17,10 +17,10 @@ from typing import Protocol
 from elastic.clock import Clock, SystemClock
 from elastic.errors import ElasticError, PermanentError, TransientError
 from elastic.lifecycle import State
-from elastic.model import NodeSpec, Project, QueueSnapshot
-from elastic.policy import (PRIVATE, Action, Capacity, LaunchOutcome, Memory, Plan, WorkerShape,
-                            WorkerView, decide)
-from elastic.state import NodeRecord, Store
+from elastic.model import Project, QueueSnapshot
+from elastic.policy import (PRIVATE, Capacity, LaunchOutcome, Memory, Plan, WorkerShape, WorkerView,
+                            decide)
+from elastic.state import Store
 
 log = logging.getLogger(__name__)
 
@@ -134,8 +134,7 @@ class Autoscaler:
             members = self._members(store, project)
             workers = self.workers(store, project, snapshot, now)
             shape = self._shape(project)
-            alive = [w for w in workers]
-            room = self.fleet.room(members, max(0, spec.max_workers - len(alive)))
+            room = self.fleet.room(members, max(0, spec.max_workers - len(workers)))
             plan = decide(snapshot, workers, spec, shape, Capacity(private=room), memory, now,
                           outcomes=outcomes)
             result = TickResult(plan, snapshot, workers)
