@@ -301,3 +301,37 @@ nodes:
         assert "MARK kept" in log, log[-1500:]
     finally:
         elastic(state, "down", "pause", check=False)
+
+
+def test_bridged_network_spans_hosts_through_their_uplinks(lab, tmp_path):
+    from elastic.adapters.providers.libvirt import LibvirtHost
+    state = tmp_path / "state"
+    spec = write_spec(tmp_path, lab, """
+project: span
+networks:
+  lan: {cidr: 10.77.0.0/24, kind: bridged, range: 10.77.0.100-10.77.0.120}
+nodes:
+  x:
+    image: tiny
+    host: h1
+    interfaces: {eth0: {network: lan}}
+    startup: ["ping -c 3 -W 2 10.77.0.110 >/dev/null && echo BRIDGE-OK || echo BRIDGE-FAIL"]
+  y: {image: tiny, host: h2, interfaces: {eth0: {network: lan, address: 10.77.0.110}}}
+""")
+    try:
+        result = json.loads(elastic(state, "up", str(spec), "-o", "json").stdout)
+        assert sorted(result["running"]) == ["x", "y"]
+        # y runs on h2; h1's namespace reaches it over the LAN, through h2's uplink bridge
+        assert ping(lab_host(lab, "h1").netns, "10.77.0.110", 3)
+        assert ping(lab_host(lab, "h2").netns, "10.77.0.100", 3)
+        host = LibvirtHost("h1", lab_host(lab, "h1").uri)
+        deadline, log = time.monotonic() + 30, ""
+        while time.monotonic() < deadline and "BRIDGE-" not in log:
+            log = host.read_volume("span-x.console.log").decode(errors="replace")
+            time.sleep(0.5)
+        host.close()
+        assert "BRIDGE-OK" in log, log[-1500:]
+        # no private network was made for a bridged one
+        assert not [n for h in ("h1", "h2") for n in host_networks(lab, h) if "span" in n]
+    finally:
+        elastic(state, "down", "span", check=False)
