@@ -335,4 +335,4 @@ class ClusterFleet:
         return {**{n: "" for n in outcome.running}, **outcome.failed}
 
     def move(self, store: Store, node: str, state: State, reason: str) -> None:
-        self.cluster._move(store, self.project(None).name, node, state, reason)
+        self.cluster.move_node(store, self.project(None).name, node, state, reason)

@@ -93,7 +93,7 @@ class Cluster:
     def store(self) -> Store:
         return Store.open(self.state_dir)
 
-    def _move(self, store: Store, project: str, node: str, to: State, reason: str,
+    def move_node(self, store: Store, project: str, node: str, to: State, reason: str,
               **fields) -> None:
         """Walk the node to ``to`` through allowed states, recording each step."""
         rec = store.get_node(project, node)
@@ -291,25 +291,25 @@ class Cluster:
             self.report.node(node.name, "RUNNING", "already running")
             return False
         if rec.state == State.RUNNING:
-            self._move(store, project.name, node.name, State.FAILED,
+            self.move_node(store, project.name, node.name, State.FAILED,
                        "its domain vanished or stopped; making it again")
         if rec.state == State.STOPPED:
             if dom is None:        # stopped and undefined (a resize): define it again
                 self._define(host, hspec, project, spec, node, bridges, base, files)
             host.delete_volume(volume_names(node)[2])
             host.start(name)
-            self._move(store, project.name, node.name, State.BOOT, "elastic up: started")
+            self.move_node(store, project.name, node.name, State.BOOT, "elastic up: started")
             return True
         if rec.state in (State.BOOT, State.MIGRATING) and dom is not None and dom.isActive():
             return True     # an earlier run started it: wait for it
         if dom is not None:           # half-made by an earlier run: make it again
             host.undefine(name)
-        self._move(store, project.name, node.name, State.PROLOG,
+        self.move_node(store, project.name, node.name, State.PROLOG,
                    f"disk overlay and context on {hspec.name}", host=hspec.name)
         self._define(host, hspec, project, spec, node, bridges, base, files)
         host.delete_volume(volume_names(node)[2])   # a fresh log: no READY from an earlier boot
         host.start(name)
-        self._move(store, project.name, node.name, State.BOOT,
+        self.move_node(store, project.name, node.name, State.BOOT,
                    f"defined and started on {hspec.name}")
         return True
 
@@ -364,7 +364,7 @@ class Cluster:
                 dom = host.domain(render.domain_name(node))
                 if ready:
                     address = ready[-1].split()[-1]
-                    self._move(store, project, name, State.RUNNING,
+                    self.move_node(store, project, name, State.RUNNING,
                                f"ready: answered on {address}")
                     outcome.running.append(name)
                     del waiting[name]
@@ -392,7 +392,7 @@ class Cluster:
                 host.delete_volume(vol)
         except Exception as e:
             reason += f"; cleanup failed too: {e}"
-        self._move(store, project, node.name, State.FAILED, reason)
+        self.move_node(store, project, node.name, State.FAILED, reason)
         outcome.failed[node.name] = reason
 
     def _remove_orphans(self, store: Store, project: Project, hosts: dict[str, HostSpec],
@@ -408,20 +408,20 @@ class Cluster:
                     outcome.removed.append(dom.node)
         for rec in store.list_nodes(project.name):
             if rec.name not in wanted and rec.state != State.DONE:
-                self._move(store, project.name, rec.name, State.DONE, "not in the spec any more")
+                self.move_node(store, project.name, rec.name, State.DONE, "not in the spec any more")
                 store.release(project.name, rec.name)
 
     def _remove_domain(self, store: Store, host: LibvirtHost, project: str, node: str,
                        domain: str, reason: str) -> None:
         rec = store.get_node(project, node)
         if rec is not None and rec.state in (State.RUNNING, State.BOOT, State.DRAINING):
-            self._move(store, project, node, State.SHUTDOWN, reason)
+            self.move_node(store, project, node, State.SHUTDOWN, reason)
         host.undefine(domain)
         base = f"{project}-{node}"
         for vol in (f"{base}.qcow2", f"{base}-context.iso", f"{base}.console.log"):
             host.delete_volume(vol)
         if rec is not None:
-            self._move(store, project, node, State.DONE, reason)
+            self.move_node(store, project, node, State.DONE, reason)
             store.release(project, node)
 
     def room(self, project_with: Callable[[int], Project], limit: int) -> int:
@@ -486,11 +486,11 @@ class Cluster:
         hspec = hosts[change.src or ""]
         host = self.host(hspec.name, hspec.uri)
         name = render.domain_name(node)
-        self._move(store, project.name, node.name, State.SHUTDOWN, change.reason)
+        self.move_node(store, project.name, node.name, State.SHUTDOWN, change.reason)
         if not host.shutdown(name, SHUTDOWN_TIMEOUT):
             host.destroy(name)
         host.undefine(name)                     # defined again with the new size by up
-        self._move(store, project.name, node.name, State.STOPPED, change.reason,
+        self.move_node(store, project.name, node.name, State.STOPPED, change.reason,
                    data={"memory": node.memory, "vcpus": node.vcpus, "chunk": node.chunk,
                          "group": node.group})
 
@@ -510,7 +510,7 @@ class Cluster:
             dst.overlay(volume_names(node)[0], bases[node.image]["disk"], node.disk)
             self._upload_context(dst, project, spec, node)
         for node in nodes:
-            self._move(store, project.name, node.name, State.MIGRATING,
+            self.move_node(store, project.name, node.name, State.MIGRATING,
                        f"live migration {src_spec.name} -> {dst_spec.name}")
         dest_uri = str(dst_spec.attributes.get("migration_uri") or dst_spec.uri)
         t0 = time.monotonic()
@@ -534,10 +534,10 @@ class Cluster:
         seconds = time.monotonic() - t0
         for node in nodes:
             if node.name in errors:       # it stayed where it was
-                self._move(store, project.name, node.name, State.RUNNING,
+                self.move_node(store, project.name, node.name, State.RUNNING,
                            f"migration failed, still on {src_spec.name}: {errors[node.name]}")
             else:
-                self._move(store, project.name, node.name, State.RUNNING,
+                self.move_node(store, project.name, node.name, State.RUNNING,
                            f"migrated to {dst_spec.name} in {seconds:.1f} s", host=dst_spec.name)
                 for vol in volume_names(node):
                     src.delete_volume(vol)
@@ -565,7 +565,7 @@ class Cluster:
                                 for h in hosts})
                 for node in store.list_nodes(project):
                     if node.state != State.DONE:
-                        self._move(store, project, node.name, State.DONE, "elastic down")
+                        self.move_node(store, project, node.name, State.DONE, "elastic down")
                 store.release_project(project)
                 store.delete_project(project, self.clock.now(), "elastic down")
         outcome.seconds = time.monotonic() - t0
@@ -615,11 +615,11 @@ class Cluster:
             for rec in store.list_nodes(project, states=[State.RUNNING, State.BOOT]):
                 hspec = hosts[rec.host]
                 host = self.host(hspec.name, hspec.uri)
-                self._move(store, project, rec.name, State.SHUTDOWN, "elastic stop")
+                self.move_node(store, project, rec.name, State.SHUTDOWN, "elastic stop")
                 name = f"{rec.name}.{project}"
                 if not host.shutdown(name, SHUTDOWN_TIMEOUT):
                     host.destroy(name)
-                self._move(store, project, rec.name, State.STOPPED, "elastic stop")
+                self.move_node(store, project, rec.name, State.STOPPED, "elastic stop")
                 outcome.removed.append(rec.name)
         return outcome
 
