@@ -18,13 +18,14 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from tests.system.qemu_guest import Guest, bridged_netns, context_iso, overlay, sh
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]
 
@@ -51,14 +52,6 @@ def _missing() -> str | None:
 
 if (_reason := _missing()) is not None:
     pytest.skip(_reason, allow_module_level=True)
-
-
-def sh(*cmd: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, capture_output=True, text=True, check=check, timeout=timeout)
-
-
-def require(tool: str, package: str) -> None:
-    assert shutil.which(tool), f"{tool} is missing: install the Debian package {package}"
 
 
 def build(out: Path) -> subprocess.CompletedProcess[str]:
@@ -93,89 +86,16 @@ def image(tmp_path_factory) -> Path:
 def netns():
     """A namespace with bridge br0 (10.12.0.1/24) and tap0 on it; tap and namespace are
     deleted afterwards."""
-    name = f"eldeb-{os.getpid()}-{time.monotonic_ns() % 100000}"
-    sh("ip", "netns", "add", name)
-    try:
-        for cmd in (
-            ["link", "set", "lo", "up"],
-            ["link", "add", "br0", "type", "bridge"],
-            ["addr", "add", f"{BRIDGE_IP}/24", "dev", "br0"],
-            ["link", "set", "br0", "up"],
-            ["tuntap", "add", "dev", "tap0", "mode", "tap"],
-            ["link", "set", "tap0", "master", "br0", "up"],
-        ):
-            sh("ip", "-n", name, *cmd)
+    with bridged_netns("eldeb", BRIDGE_IP) as name:
         yield name
-    finally:
-        sh("ip", "-n", name, "link", "del", "tap0", check=False)
-        sh("ip", "netns", "del", name, check=False)
 
 
-class Guest:
-    """One QEMU process inside the namespace; stopped by the fixture's finalizer."""
-
-    def __init__(self, ns: str, workdir: Path) -> None:
-        self.ns = ns
-        self.workdir = workdir
-        self.serial = workdir / "serial.log"
-        self.monitor = workdir / "monitor.sock"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.started = 0.0
-
-    def start(self, *devices: str) -> None:
-        cmd = [
-            "ip", "netns", "exec", self.ns,  # execs qemu: same pid
-            "qemu-system-x86_64", "-accel", "tcg", "-m", "512", "-smp", "1",
-            "-nodefaults", "-display", "none", "-no-reboot",
-            "-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no",
-            "-device", f"virtio-net-pci,netdev=n0,mac={MAC}",
-            "-serial", f"file:{self.serial}",
-            "-monitor", f"unix:{self.monitor},server,nowait",
-            *devices,
-        ]
-        self.started = time.monotonic()
-        with open(self.workdir / "qemu.stderr", "wb") as err:
-            self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
-
-    def console(self) -> str:
-        try:
-            return self.serial.read_text(errors="replace").replace("\r", "")
-        except FileNotFoundError:
-            return ""
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stderr(self) -> str:
-        p = self.workdir / "qemu.stderr"
-        return p.read_text(errors="replace") if p.exists() else ""
-
-    def wait_for(self, what: str, timeout: float = BOOT_TIMEOUT) -> float:
-        """Seconds from QEMU's start until WHAT is on the console."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if what in self.console():
-                return time.monotonic() - self.started
-            assert self.alive(), f"qemu exited:\n{self.console()}\n{self.stderr()}"
-            time.sleep(0.1)
-        raise AssertionError(f"{what!r} not on the console after {timeout} s:\n{self.console()}")
-
-    def ping(self, timeout: float = 60) -> float:
-        """Seconds from QEMU's start until the guest answers ping (from inside the namespace)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            r = sh("ip", "netns", "exec", self.ns, "ping", "-c1", "-W1", IP, check=False)
-            if r.returncode == 0:
-                return time.monotonic() - self.started
-            assert self.alive(), f"qemu exited:\n{self.console()}\n{self.stderr()}"
-            time.sleep(0.1)
-        raise AssertionError(f"{IP} did not answer ping within {timeout} s:\n{self.console()}")
-
+class DebianGuest(Guest):
     def ssh_banner(self, timeout: float = 90) -> str:
         """sshd's greeting on port 22, read from inside the namespace. The first boot makes
         the node's host keys first (RSA takes a few seconds under TCG)."""
         probe = ("import socket\n"
-                 f"s = socket.create_connection(({IP!r}, 22), timeout=5)\n"
+                 f"s = socket.create_connection(({self.ip!r}, 22), timeout=5)\n"
                  "print(s.recv(256).decode(errors='replace').strip())\n")
         deadline = time.monotonic() + timeout
         last = ""
@@ -186,53 +106,16 @@ class Guest:
             last = r.stderr.strip().splitlines()[-1:] or r.stdout
             assert self.alive(), f"qemu exited:\n{self.console()}\n{self.stderr()}"
             time.sleep(1)
-        raise AssertionError(f"no SSH banner from {IP}:22 within {timeout} s ({last}):\n"
+        raise AssertionError(f"no SSH banner from {self.ip}:22 within {timeout} s ({last}):\n"
                              f"{self.console()}")
 
-    def monitor_command(self, command: str) -> None:
-        with socket.socket(socket.AF_UNIX) as s:
-            s.settimeout(5)
-            s.connect(str(self.monitor))
-            time.sleep(0.2)
-            s.recv(65536)  # banner
-            s.sendall(command.encode() + b"\n")
-            time.sleep(0.2)
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
 
 
 @pytest.fixture
 def guest(netns, tmp_path):
-    g = Guest(netns, tmp_path)
+    g = DebianGuest(netns, tmp_path, ip=IP, mac=MAC, memory_mib=512, boot_timeout=BOOT_TIMEOUT)
     yield g
     g.stop()  # before the namespace fixture deletes tap and namespace
-
-
-def context_iso(tmp_path: Path, context_sh: str) -> Path:
-    require("genisoimage", "genisoimage")
-    src = tmp_path / "context"
-    src.mkdir()
-    (src / "context.sh").write_text(context_sh)
-    iso = tmp_path / "context.iso"
-    sh("genisoimage", "-quiet", "-o", str(iso), "-V", "CONTEXT", "-r", "-J", str(src))
-    return iso
-
-
-def overlay(image: Path, tmp_path: Path, size: str | None = None) -> Path:
-    require("qemu-img", "qemu-utils")
-    disk = tmp_path / "node.qcow2"
-    sh("qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2",
-       "-b", str(image / "disk.qcow2"), str(disk), *([size] if size else []))
-    return disk
 
 
 # ------------------------------------------------------------------ tests
@@ -278,7 +161,7 @@ def test_boot_with_context_iso_reaches_running_and_answers_ping(image, guest, tm
                 "-drive", f"file={iso},if=virtio,format=raw,readonly=on")      # vdb: context
 
     t_ready = guest.wait_for(f"ELASTIC-READY {HOSTNAME} {IP}\n")
-    t_ping = guest.ping()
+    t_ping = guest.ping(timeout=60)
     with capsys.disabled():
         print(f"\n[debian boot] qemu start -> ELASTIC-READY {t_ready:.2f} s, -> ping {t_ping:.2f} s")
 

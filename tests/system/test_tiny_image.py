@@ -14,13 +14,15 @@ import glob
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from tests.system.qemu_guest import Guest, bridged_netns, overlay, sh
+from tests.system.qemu_guest import context_iso as _context_iso
 
 pytestmark = pytest.mark.system
 
@@ -46,14 +48,6 @@ if (_reason := _missing()) is not None:
     pytest.skip(_reason, allow_module_level=True)
 
 
-def sh(*cmd: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, capture_output=True, text=True, check=check, timeout=timeout)
-
-
-def require(tool: str, package: str) -> None:
-    assert shutil.which(tool), f"{tool} is missing: install the Debian package {package}"
-
-
 # ------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
 def image(tmp_path_factory) -> Path:
@@ -77,130 +71,26 @@ def image(tmp_path_factory) -> Path:
 @pytest.fixture
 def netns():
     """A namespace with bridge br0 (10.11.0.1/24) and tap0 on it; deleted afterwards."""
-    name = f"eltiny-{os.getpid()}-{time.monotonic_ns() % 100000}"
-    sh("ip", "netns", "add", name)
-    try:
-        for cmd in (
-            ["link", "set", "lo", "up"],
-            ["link", "add", "br0", "type", "bridge"],
-            ["addr", "add", f"{BRIDGE_IP}/24", "dev", "br0"],
-            ["link", "set", "br0", "up"],
-            ["tuntap", "add", "dev", "tap0", "mode", "tap"],
-            ["link", "set", "tap0", "master", "br0", "up"],
-        ):
-            sh("ip", "-n", name, *cmd)
+    with bridged_netns("eltiny", BRIDGE_IP) as name:
         yield name
-    finally:
-        sh("ip", "netns", "del", name, check=False)
-
-
-class Guest:
-    """One QEMU process inside the namespace; stopped by the fixture's finalizer."""
-
-    def __init__(self, ns: str, workdir: Path) -> None:
-        self.ns = ns
-        self.workdir = workdir
-        self.serial = workdir / "serial.log"
-        self.monitor = workdir / "monitor.sock"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.started = 0.0
-
-    def start(self, image: Path, *devices: str) -> None:
-        cmd = [
-            "ip", "netns", "exec", self.ns,  # execs qemu: same pid
-            "qemu-system-x86_64", "-accel", "tcg", "-m", "128", "-smp", "1",
-            "-nodefaults", "-display", "none", "-no-reboot",
-            "-kernel", str(image / "vmlinuz"), "-initrd", str(image / "initramfs.cpio.gz"),
-            "-append", "console=ttyS0 panic=-1 quiet",
-            "-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no",
-            "-device", f"virtio-net-pci,netdev=n0,mac={MAC}",
-            "-serial", f"file:{self.serial}",
-            "-monitor", f"unix:{self.monitor},server,nowait",
-            *devices,
-        ]
-        self.started = time.monotonic()
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
-                                     stderr=open(self.workdir / "qemu.stderr", "wb"))
-
-    def console(self) -> str:
-        try:
-            return self.serial.read_text(errors="replace").replace("\r", "")
-        except FileNotFoundError:
-            return ""
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def wait_for(self, what: str, timeout: float = BOOT_TIMEOUT) -> float:
-        """Seconds from QEMU's start until WHAT is on the console."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if what in self.console():
-                return time.monotonic() - self.started
-            assert self.alive(), f"qemu exited:\n{self.console()}\n{self.stderr()}"
-            time.sleep(0.1)
-        raise AssertionError(f"{what!r} not on the console after {timeout} s:\n{self.console()}")
-
-    def ping(self, timeout: float = BOOT_TIMEOUT) -> float:
-        """Seconds from QEMU's start until the guest answers ping (from inside the namespace)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            r = sh("ip", "netns", "exec", self.ns, "ping", "-c1", "-W1", IP, check=False)
-            if r.returncode == 0:
-                return time.monotonic() - self.started
-            assert self.alive(), f"qemu exited:\n{self.console()}\n{self.stderr()}"
-            time.sleep(0.1)
-        raise AssertionError(f"{IP} did not answer ping within {timeout} s:\n{self.console()}")
-
-    def monitor_command(self, command: str) -> None:
-        with socket.socket(socket.AF_UNIX) as s:
-            s.settimeout(5)
-            s.connect(str(self.monitor))
-            time.sleep(0.2)
-            s.recv(65536)  # banner
-            s.sendall(command.encode() + b"\n")
-            time.sleep(0.2)
-
-    def stderr(self) -> str:
-        p = self.workdir / "qemu.stderr"
-        return p.read_text(errors="replace") if p.exists() else ""
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
 
 
 @pytest.fixture
 def guest(netns, tmp_path):
-    g = Guest(netns, tmp_path)
+    g = TinyGuest(netns, tmp_path, ip=IP, mac=MAC, memory_mib=128, boot_timeout=BOOT_TIMEOUT)
     yield g
     g.stop()  # before the namespace fixture deletes the namespace
 
 
+class TinyGuest(Guest):
+    def start(self, image: Path, *devices: str) -> None:   # direct kernel boot
+        super().start("-kernel", str(image / "vmlinuz"),
+                      "-initrd", str(image / "initramfs.cpio.gz"),
+                      "-append", "console=ttyS0 panic=-1 quiet", *devices)
+
+
 def context_iso(tmp_path: Path, context_sh: str) -> Path:
-    require("genisoimage", "genisoimage")
-    src = tmp_path / "context"
-    src.mkdir()
-    (src / "context.sh").write_text(context_sh)
-    (src / "files" / "etc").mkdir(parents=True)
-    (src / "files" / "etc" / "motd").write_text("managed by elastic\n")
-    iso = tmp_path / "context.iso"
-    sh("genisoimage", "-quiet", "-o", str(iso), "-V", "CONTEXT", "-r", "-J", str(src))
-    return iso
-
-
-def overlay(image: Path, tmp_path: Path) -> Path:
-    disk = tmp_path / "node.qcow2"
-    sh("qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2",
-       "-b", str(image / "disk.qcow2"), str(disk))
-    return disk
+    return _context_iso(tmp_path, context_sh, {"/etc/motd": "managed by elastic\n"})
 
 
 def http_get(ns: str, url: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -47,36 +48,36 @@ def lab_host(lab, name: str):
     return next(h for h in lab.hosts if h.name == name)
 
 
-def host_domains(lab, name: str) -> list[str]:
+@contextlib.contextmanager
+def host_conn(lab, name: str):
+    """A libvirt connection to a lab host, closed afterwards."""
     import libvirt
     conn = libvirt.open(lab_host(lab, name).uri)
     try:
-        return sorted(d.name() for d in conn.listAllDomains(0))
+        yield conn
     finally:
         conn.close()
 
 
+def host_domains(lab, name: str) -> list[str]:
+    with host_conn(lab, name) as conn:
+        return sorted(d.name() for d in conn.listAllDomains(0))
+
+
 def host_volumes(lab, name: str) -> list[str]:
     import libvirt
-    conn = libvirt.open(lab_host(lab, name).uri)
-    try:
+    with host_conn(lab, name) as conn:
         try:
             pool = conn.storagePoolLookupByName("elastic")
         except libvirt.libvirtError:
             return []
         pool.refresh(0)
         return sorted(pool.listVolumes())
-    finally:
-        conn.close()
 
 
 def host_networks(lab, name: str) -> list[str]:
-    import libvirt
-    conn = libvirt.open(lab_host(lab, name).uri)
-    try:
+    with host_conn(lab, name) as conn:
         return sorted(n.name() for n in conn.listAllNetworks(0))
-    finally:
-        conn.close()
 
 
 TWO_NODES = """
@@ -269,7 +270,6 @@ nodes:
 
 
 def test_stop_keeps_the_disk_and_start_boots_it_again(lab, tmp_path):
-    import libvirt
     state = tmp_path / "state"
     spec = write_spec(tmp_path, lab, """
 project: pause
@@ -282,9 +282,8 @@ nodes:
         elastic(state, "up", str(spec))
         elastic(state, "stop", "pause")
         assert status(state, "pause")["nodes"][0]["state"] == "STOPPED"
-        conn = libvirt.open(lab_host(lab, "h2").uri)
-        assert not conn.lookupByName("s.pause").isActive()
-        conn.close()
+        with host_conn(lab, "h2") as conn:
+            assert not conn.lookupByName("s.pause").isActive()
         assert "pause-s.qcow2" in host_volumes(lab, "h2")
         result = json.loads(elastic(state, "start", "pause", "-o", "json").stdout)
         assert result["running"] == ["s"]

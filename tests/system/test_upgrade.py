@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from tests.system.test_up import elastic, host_domains, lab_host, status, write_spec
+from tests.system.test_up import (elastic, host_conn, host_domains, lab_host, status,
+                                   write_spec)
 
 pytestmark = [pytest.mark.system]
 
@@ -124,10 +125,8 @@ def test_upgrade_live_migrates_a_chunk_and_it_keeps_running(lab, tmp_path):
         result = json.loads(elastic(state, "upgrade", str(spec), "-o", "json").stdout)
         assert [(c["kind"], c["target"]) for c in result["changes"]] == [("resize", "b")]
         assert sorted(result["running"]) == ["a", "b"]
-        import libvirt
-        conn = libvirt.open(lab_host(lab, "h2").uri)
-        assert conn.lookupByName("b.mover").info()[1] == 192 * 1024
-        conn.close()
+        with host_conn(lab, "h2") as conn:
+            assert conn.lookupByName("b.mover").info()[1] == 192 * 1024
         # add a node, then remove it again
         with_c = spec.read_text() + "  c: {class: n}\n"
         spec.write_text(with_c)
