@@ -370,3 +370,47 @@ def add_route(dst: str, *, gateway: str | None = None, dev: str | None = None,
             ipr.route("replace", **kwargs)
         except Exception as e:
             raise NetError(f"cannot add route to {dst}: {e}") from e
+
+
+# ------------------------------------------------------------------ sockets in a namespace
+
+CLONE_NEWNET = 0x40000000
+
+
+def _setns(fd: int) -> None:
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def connect_in_netns(ns: str | None, host: str, port: int, *, timeout: float) -> Any:
+    """A TCP socket connected to ``host:port`` from inside network namespace ``ns`` (the
+    root namespace when None). The socket is made by a short-lived thread that enters the
+    namespace (setns affects only the calling thread), so this process stays where it is; a
+    socket keeps the namespace it was made in. Raises OSError (timeouts included)."""
+    import socket
+    import threading
+    if ns is None:
+        return socket.create_connection((host, port), timeout=timeout)
+    if not netns_exists(ns):
+        raise NetError(f"network namespace {ns} does not exist")
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            with open(netns_path(ns), "rb") as f:
+                _setns(f.fileno())
+            box["sock"] = socket.create_connection((host, port), timeout=timeout)
+        except BaseException as e:  # handed to the caller
+            box["error"] = e
+
+    t = threading.Thread(target=work, name=f"connect-{ns}", daemon=True)
+    t.start()
+    t.join(timeout + 5)
+    if t.is_alive():
+        raise TimeoutError(f"connecting to {host}:{port} in {ns} did not finish")
+    if "error" in box:
+        raise box["error"]
+    return box["sock"]

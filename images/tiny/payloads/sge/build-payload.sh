@@ -17,6 +17,9 @@
 #                              every shared library the programs need (ldd), and the loader
 #   usr/bin/q*                 wrappers: SGE_ROOT/SGE_CELL from /etc/default/gridengine
 #   usr/sbin/elastic-sge       sets up a head (qmaster) or a worker (execd) at boot
+#   usr/sbin/dropbear          the SSH server (package dropbear-bin): the controller reaches
+#                              the qmaster over SSH; etc/elastic/boot.d/40-sshd starts it when
+#                              root or a user has authorized keys
 #   etc/elastic/boot.d/50-sge  runs elastic-sge when the context says SGE_ROLE
 #   etc/elastic/sge/           the sgeadmin passwd/group lines (added at boot), nsswitch.conf
 #
@@ -37,13 +40,14 @@ SPOOLLIBS="libspoolb.so libspoolc.so"
 
 missing=""
 for f in $BINS $UTILBINS $SPOOLLIBS; do [ -x "$SGE_LIB/$f" ] || [ -f "$SGE_LIB/$f" ] || missing="$missing $SGE_LIB/$f"; done
+[ -x /usr/sbin/dropbear ] || missing="$missing /usr/sbin/dropbear"
 for f in default-bootstrap default-configuration util/arch util/resources/centry \
     util/resources/usersets; do
     [ -e "$SGE_SHARE/$f" ] || missing="$missing $SGE_SHARE/$f"
 done
 getent passwd sgeadmin >/dev/null || missing="$missing user:sgeadmin"
 [ -z "$missing" ] || {
-    echo "build-payload.sh: missing:$missing (install gridengine-master gridengine-exec gridengine-client)" >&2
+    echo "build-payload.sh: missing:$missing (install gridengine-master gridengine-exec gridengine-client dropbear-bin)" >&2
     exit 1
 }
 
@@ -70,9 +74,10 @@ cp "$SGE_SHARE/util/arch" opt/sge/util/
 cp "$SGE_SHARE/util/resources/centry" opt/sge/util/resources/ -R
 cp -R "$SGE_SHARE/util/resources/usersets" opt/sge/util/resources/
 cp "$SGE_SHARE/default-bootstrap" "$SGE_SHARE/default-configuration" opt/sge/share/
+cp /usr/sbin/dropbear usr/sbin/dropbear
 
 # Shared libraries: everything ldd names for every ELF file copied, and the loader.
-libs=$(for f in opt/sge/bin/$ARCH/* opt/sge/utilbin/$ARCH/* opt/sge/lib/$ARCH/*; do
+libs=$(for f in opt/sge/bin/$ARCH/* opt/sge/utilbin/$ARCH/* opt/sge/lib/$ARCH/* usr/sbin/dropbear; do
     LC_ALL=C ldd "$f" 2>/dev/null | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}'
 done | LC_ALL=C sort -u)
 for l in $libs; do
@@ -107,7 +112,9 @@ for b in $BINS; do ln -s sge-wrapper "usr/bin/$b"; done
 
 cp "$here/elastic-sge" usr/sbin/elastic-sge
 cp "$here/50-sge" etc/elastic/boot.d/50-sge
-chmod 0755 usr/sbin/elastic-sge etc/elastic/boot.d/50-sge opt/sge/util/arch
+cp "$here/40-sshd" etc/elastic/boot.d/40-sshd
+chmod 0755 usr/sbin/elastic-sge etc/elastic/boot.d/50-sge etc/elastic/boot.d/40-sshd \
+    opt/sge/util/arch
 find . -type d -exec chmod 0755 {} +
 
 # Replace the previous payload only now (a half-made one is never left in OUTDIR).
