@@ -9,6 +9,9 @@ own libvirtd, joined by a LAN switch namespace.
 Layout (``root`` = ``<state_dir>/lab``; everything the lab owns lives there or is a namespace):
 
     elastic-lan   bridge lan0 (10.77.0.0/24, no address), one port per host: port-h1, port-h2 ...
+    elastic-front the operator's machine / the cluster's front end, where elastic itself would
+                  run: eth0 = 10.77.0.2/24 (its other end is port-front on lan0). The
+                  autoscaler reaches a head node's LAN address from here (SSH).
     elastic-h1    eth0 (the other end of port-h1) enslaved to bridge br0 = 10.77.0.11/24;
                   libvirtd in a private mount + UTS namespace (hostname h1) where
                   root/hosts/h1/{etc/libvirt,run,var/lib/libvirt,var/log/libvirt,var/cache/libvirt}
@@ -54,6 +57,10 @@ PREFIX = "elastic-"
 LAN_NETNS = "elastic-lan"
 LAN_BRIDGE = "lan0"
 LAN_CIDR = "10.77.0.0/24"
+FRONT_NETNS = "elastic-front"
+FRONT_PORT = "port-front"    # its end on lan0
+FRONT_IF = "eth0"
+FRONT_ADDRESS = "10.77.0.2"
 HOST_BRIDGE = "br0"          # each host's uplink bridge; guests of `bridged` networks join it
 HOST_PORT = "eth0"           # the host's "NIC": its end of the veth pair to the LAN switch
 HOST_OFFSET = 10             # host i gets LAN address .10+i
@@ -95,6 +102,8 @@ class LabInfo:
     lan_netns: str
     lan_cidr: str
     hosts_file: Path
+    front_netns: str = FRONT_NETNS
+    front_address: str = FRONT_ADDRESS
 
 
 def host_name(i: int) -> str:
@@ -457,8 +466,8 @@ class Lab:
 
     # -- ownership: namespaces of this lab, of no lab (half made), or of another lab
     def _owner(self, ns: str) -> str | None:
-        bridge = LAN_BRIDGE if ns == LAN_NETNS else HOST_BRIDGE
-        info = net.link_info(bridge, ns=ns)
+        link = {LAN_NETNS: LAN_BRIDGE, FRONT_NETNS: FRONT_IF}.get(ns, HOST_BRIDGE)
+        info = net.link_info(link, ns=ns)
         return info["alias"] if info else None
 
     def _check_ours(self, ns: str) -> None:
@@ -541,6 +550,14 @@ class Lab:
         net.create_netns(LAN_NETNS)
         net.add_bridge(LAN_BRIDGE, ns=LAN_NETNS)
         net.set_alias(LAN_BRIDGE, tag, ns=LAN_NETNS)
+        prefix = ipaddress.ip_network(LAN_CIDR).prefixlen
+        if not net.netns_exists(FRONT_NETNS):
+            say(f"creating the front end {FRONT_NETNS} ({FRONT_ADDRESS}/{prefix})")
+        net.create_netns(FRONT_NETNS)
+        net.add_veth(FRONT_PORT, LAN_NETNS, FRONT_IF, FRONT_NETNS, master=LAN_BRIDGE)
+        net.set_alias(FRONT_IF, tag, ns=FRONT_NETNS)
+        net.set_address(FRONT_IF, f"{FRONT_ADDRESS}/{prefix}", ns=FRONT_NETNS)
+        net.link_up("lo", ns=FRONT_NETNS)
         for h in hosts:
             i = host_index(h.name)
             if not net.netns_exists(h.netns):
@@ -550,7 +567,6 @@ class Lab:
             net.set_alias(HOST_BRIDGE, tag, ns=h.netns)
             net.add_veth(lan_port(i), LAN_NETNS, HOST_PORT, h.netns,
                          master=LAN_BRIDGE, peer_master=HOST_BRIDGE)
-            prefix = ipaddress.ip_network(LAN_CIDR).prefixlen
             net.set_address(HOST_BRIDGE, f"{h.address}/{prefix}", ns=h.netns)
 
     def _write_files(self, h: LabHost, all_hosts: Sequence[LabHost], libvirtd: str) -> bool:
@@ -692,7 +708,8 @@ class Lab:
                               key="memory")
         planned = self._plan(hosts, memory_mib)
         extra = sorted(i for i in self._existing_host_indexes() if i > hosts)
-        for ns in (LAN_NETNS, *(h.netns for h in planned), *map(host_netns, extra)):
+        for ns in (LAN_NETNS, FRONT_NETNS, *(h.netns for h in planned),
+                   *map(host_netns, extra)):
             self._check_ours(ns)  # before making anything
         with self._locked():
             for i in extra:
@@ -796,6 +813,13 @@ class Lab:
             self._destroy_domains([host_name(i) for i in indexes], say)
             for i in indexes:
                 self._remove_host(i, say)
+            front = self._ownership(FRONT_NETNS)
+            if front == "other":
+                say(f"leaving {FRONT_NETNS} alone: it belongs to another lab")
+            elif front is not None:
+                say(f"removing the front end {FRONT_NETNS}")
+                net.kill_netns_pids(FRONT_NETNS)
+                net.delete_netns(FRONT_NETNS)
             lan = self._ownership(LAN_NETNS)
             if lan == "other":
                 say(f"leaving {LAN_NETNS} alone: it belongs to another lab")
@@ -803,7 +827,7 @@ class Lab:
                 say(f"removing the LAN switch {LAN_NETNS}")
                 net.kill_netns_pids(LAN_NETNS)
                 net.delete_netns(LAN_NETNS)
-            left = [ns for ns in (LAN_NETNS, *map(host_netns, indexes))
+            left = [ns for ns in (LAN_NETNS, FRONT_NETNS, *map(host_netns, indexes))
                     if self._ownership(ns) in ("ours", "nobody")]
             if left:
                 raise TransientError(f"namespaces {left} are still there")
@@ -819,7 +843,7 @@ class Lab:
     def _ownership(self, ns: str) -> str | None:
         """None (no such namespace or not a lab name), 'ours', 'nobody' (half made: no tagged
         bridge yet) or 'other' (another lab's)."""
-        if ns != LAN_NETNS and not _HOST_NETNS_RE.match(ns):
+        if ns not in (LAN_NETNS, FRONT_NETNS) and not _HOST_NETNS_RE.match(ns):
             return None
         if not net.netns_exists(ns):
             return None

@@ -489,6 +489,7 @@ def _print_lab(obj: Ctx, info, output: str) -> None:
                        "memory_mib": h.memory_mib, "vcpus": h.vcpus, "alive": h.alive}
                       for h in info.hosts],
             "lan": {"netns": info.lan_netns, "cidr": info.lan_cidr},
+            "front": {"netns": info.front_netns, "address": info.front_address},
             "hosts_file": str(info.hosts_file)}
     if output == "json":
         render.print_json(data)
@@ -497,6 +498,9 @@ def _print_lab(obj: Ctx, info, output: str) -> None:
         state = "[green]up[/green]" if h.alive else "[red]down[/red]"
         obj.out.print(f"{h.name:<4} {state:<18} {h.address:<12} {h.memory_mib} MiB "
                       f"{h.vcpus} vcpus  {h.uri}")
+    if info.hosts:
+        obj.out.print(f"front end: {info.front_address} in namespace {info.front_netns} (LAN "
+                      f"{info.lan_cidr}; `ip netns exec {info.front_netns} ...`)", markup=False)
     obj.out.print(f"hosts file: {info.hosts_file}  (use it with `elastic up --lab FILE`, or "
                   f"include: [{info.hosts_file}] in a spec)", markup=False)
 

@@ -114,6 +114,9 @@ def test_host_uuids_differ(the_lab):
 def test_hosts_reach_each_other_over_the_lan(the_lab):
     out = run(["ping", "-c", "1", "-W", "3", "10.77.0.12"], netns="elastic-h1", timeout=10)
     assert "1 received" in out.stdout
+    # the front end (where the controller reaches head nodes from) is on the same LAN
+    out = run(["ping", "-c", "1", "-W", "3", "10.77.0.11"], netns="elastic-front", timeout=10)
+    assert "1 received" in out.stdout
     # and each libvirtd listens for migrations on its LAN address
     out = run(["ss", "-ltn"], netns="elastic-h2", timeout=10)
     assert "10.77.0.12:16509" in out.stdout
@@ -204,7 +207,8 @@ def test_down_leaves_nothing(the_lab):
     print(f"\nlab down (2 hosts, 2 guests): {time.monotonic() - t:.1f} s")
 
     names = run(["ip", "netns", "list"], timeout=10).stdout.split()
-    assert not [n for n in names if n in ("elastic-lan", "elastic-h1", "elastic-h2")]
+    assert not [n for n in names
+                if n in ("elastic-lan", "elastic-front", "elastic-h1", "elastic-h2")]
     for pid in pids + qemus:
         assert not Path(f"/proc/{pid}").exists() or \
             Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
