@@ -182,7 +182,7 @@ def up(obj: Ctx, spec: Path, output: str, lab: bool, boot_timeout: float | None)
     """Build and start the project: networks, disks, context, VMs; wait until every node is
     ready. Running it again converges (does nothing if all is up)."""
     from elastic.engine.projects import resolve_with_state
-    project = resolve_with_state(spec, obj.state_dir, lab=lab)
+    project = resolve_with_state(spec, obj.state_dir, lab=lab, make_key=True)
     with _cluster(obj, boot_timeout=boot_timeout) as cluster:
         outcome = cluster.up(spec, project, lab=lab)
     _print_outcome(obj, f"up {project.name}", outcome, output)
@@ -289,28 +289,30 @@ def console(obj: Ctx, node: str) -> None:
 
 batch_netns_option = click.option(
     "--batch-netns", default=None, metavar="NS",
-    help="Run the batch system's commands (qstat, qconf) inside this network namespace.")
+    help="The network namespace the batch commands run in (via: local) or SSH connects "
+         "from (via: ssh); overrides scaling.batch.netns.")
 
 
 @contextlib.contextmanager
 def _autoscaler(obj: Ctx, spec: Path, lab: bool, batch_netns: str | None, progress: bool = True):
-    from elastic.adapters.batch.sge import SGE
     from elastic.engine.autoscale import Autoscaler, ClusterFleet
+    from elastic.engine.batch import batch_system
     from elastic.engine.projects import resolve_with_state
     from elastic.state import Store
     project = resolve_with_state(spec, obj.state_dir, lab=lab)
-    if project.scaling is None:
-        raise ConfigError("no scaling: section: nothing to autoscale", project.source,
-                          key="scaling")
-    batch = project.scaling.batch
-    if batch.system != "sge":
-        raise ConfigError(f"batch system {batch.system} is not supported yet (sge is)",
-                          project.source, key="scaling.batch.system")
-    sge = SGE(root=batch.root, cell=batch.cell, netns=batch_netns, queue=batch.queue,
-              hostgroup=batch.hostgroup)
-    with _cluster(obj, progress=progress) as cluster:
-        fleet = ClusterFleet(cluster, spec, obj.state_dir, lab=lab)
-        yield Autoscaler(project.name, lambda: Store.open(obj.state_dir), sge, fleet)
+    front = None
+    if lab:
+        from elastic.adapters.lab import FRONT_NETNS
+        front = FRONT_NETNS
+    sge = batch_system(project, obj.state_dir, netns=batch_netns, lab_front=front)
+    try:
+        with _cluster(obj, progress=progress) as cluster:
+            fleet = ClusterFleet(cluster, spec, obj.state_dir, lab=lab)
+            yield Autoscaler(project.name, lambda: Store.open(obj.state_dir), sge, fleet)
+    finally:
+        close = getattr(sge.runner, "close", None)
+        if close:
+            close()
 
 
 @cli.command()

@@ -29,6 +29,7 @@ class BatchSystem(Protocol):
     """What the autoscaler needs of a batch system (elastic.adapters.batch.sge.SGE)."""
 
     def snapshot(self, now: float) -> QueueSnapshot: ...
+    def admit(self, name: str, address: str) -> None: ...
     def add_exec_host(self, name: str, slots: int) -> None: ...
     def disable(self, name: str) -> None: ...
     def enable(self, name: str) -> None: ...
@@ -146,7 +147,7 @@ class Autoscaler:
                                    node=action.node, reason=action.reason)
             for note in plan.notes:
                 store.record_event(self.name, "note", now, reason=note)
-            self._admit(store, workers, result)
+            self._admit(store, project, workers, result)
         self.apply(plan, project, result)
         return result
 
@@ -157,15 +158,56 @@ class Autoscaler:
             node = next(n for n in self.fleet.project([1]).nodes if n.group == group)
         return WorkerShape.of(node)
 
-    def _admit(self, store: Store, workers: list[WorkerView], result: TickResult) -> None:
-        """Workers that are RUNNING but not yet execution hosts are admitted by the head."""
+    def _admit(self, store: Store, project: Project, workers: list[WorkerView],
+               result: TickResult) -> None:
+        """Workers that are up (or coming up) but not yet admitted by the master are: the
+        master learns their names and addresses, and each then joins by itself. (Usually
+        done just before launch; this catches what a killed controller left undone.)"""
         for w in workers:
-            if w.state == State.RUNNING and not w.joined:
-                try:
-                    self.batch.add_exec_host(w.name, w.slots)
-                    result.applied.append(f"admitted {w.name} as an execution host")
-                except ElasticError as e:
-                    result.errors.append(f"admit {w.name}: {e}")
+            if w.joined or w.state not in (State.PROLOG, State.BOOT, State.RUNNING):
+                continue
+            rec = store.get_node(self.name, w.name)
+            if rec is None or (rec.data or {}).get("admitted"):
+                continue
+            if self._admit_one(project, w.name, result):
+                store.update_node_data(self.name, w.name, {**(rec.data or {}), "admitted": True})
+
+    def _admit_one(self, project: Project, name: str, result: TickResult | None) -> bool:
+        try:
+            node = project.node(name)
+        except KeyError:
+            return False
+        address = batch_address(project, node)
+        if address is None:
+            return False
+        try:
+            self.batch.admit(name, address)
+        except ElasticError as e:
+            if result is not None:
+                result.errors.append(f"admit {name}: {e}")
+            log.warning("admit %s: %s", name, e)
+            return False
+        if result is not None:
+            result.applied.append(f"admitted {name} ({address})")
+        return True
+
+    def _launch(self, members: list[int], new: list[int], result: TickResult | None) \
+            -> dict[str, str]:
+        """Bring the group to ``members + new``: the master admits the new workers first (so
+        that they join the moment they boot), then the VMs are made."""
+        group = self.fleet.project(None).scaling.group
+        target = self.fleet.project(sorted(members + new))
+        admitted = {n.name for n in target.nodes if n.group == group and n.index in new
+                    and self._admit_one(target, n.name, result)}
+        failures = self.fleet.converge(sorted(members + new))
+        if admitted:
+            with self.store_open() as store:
+                for name in admitted:
+                    rec = store.get_node(self.name, name)
+                    if rec is not None:
+                        store.update_node_data(self.name, name,
+                                               {**(rec.data or {}), "admitted": True})
+        return failures
 
     # ------------------------------------------------------------------------- acting
     def apply(self, plan: Plan, project: Project, result: TickResult) -> None:
@@ -204,7 +246,7 @@ class Autoscaler:
                 self._save(store, members=members + new, group=group)
         if not (gone or new):
             return
-        failures = self.fleet.converge(sorted(members + new))
+        failures = self._launch(members, new, result)
         new_names = {n.name for n in self.fleet.project(sorted(members + new)).nodes
                      if n.group == group and n.index in new}
         outcomes = [LaunchOutcome(PRIVATE, not failures.get(n), n, failures.get(n, ""))
@@ -227,7 +269,7 @@ class Autoscaler:
             self._save(store, members=members + new, group=group)
             store.record_event(self.name, "decision:launch", self.clock.now(),
                                reason=f"elastic add-workers {count}")
-        return self.fleet.converge(sorted(members + new))
+        return self._launch(members, new, None)
 
     def drain_workers(self, count: int) -> list[str]:
         """Drain ``count`` workers (cloud first, then the newest private ones); they are
@@ -283,6 +325,23 @@ class Autoscaler:
     def _members_now(self, project: Project) -> list[int]:
         with self.store_open() as store:
             return self._members(store, project)
+
+
+def batch_address(project: Project, node) -> str | None:
+    """The address the batch master knows ``node`` by: on a network the master is on too,
+    else the node's first address."""
+    sc = project.scaling
+    master_nets = set()
+    if sc is not None:
+        try:
+            master_nets = {i.network for i in project.node(sc.batch.master).interfaces}
+        except KeyError:
+            pass
+    addressed = [i for i in node.interfaces if i.address]
+    for iface in addressed:
+        if iface.network in master_nets:
+            return iface.address
+    return addressed[0].address if addressed else None
 
 
 def _next_indices(members: list[int], count: int) -> list[int]:

@@ -2,22 +2,32 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from elastic.errors import ConfigError
-from elastic.model import Project
+from elastic.model import Project, User
 from elastic.spec import load_document, resolve
 from elastic.spec.loader import display_path
 
 LAB_HOSTS = Path("lab") / "hosts.yaml"
 
 
+def controller_key(state_dir: Path, project: str) -> Path:
+    """elastic's own SSH key for ``project`` (the controller's way into the batch master)."""
+    return state_dir / "keys" / project
+
+
 def resolve_with_state(spec: Path, state_dir: Path | None, *, lab: bool = False,
-                       members: dict[str, list[int]] | None = None) -> Project:
+                       members: dict[str, list[int]] | None = None,
+                       make_key: bool = False) -> Project:
     """Resolve ``spec``, keeping the addresses its nodes were leased before (if the state DB
     knows the project). Reads the DB only; never creates or changes it.
 
-    ``lab``: run the project on the lab's hosts (``elastic lab up``) instead of its own."""
+    ``lab``: run the project on the lab's hosts (``elastic lab up``) instead of its own.
+    The batch master (``scaling.batch.via: ssh`` without a ``key``) gets elastic's own
+    public key in root's authorized keys; ``make_key`` makes that key if it is missing
+    (`elastic up`), else a project whose key does not exist yet is left as it is."""
     doc = load_document(spec)
     if lab:
         if state_dir is None or not (state_dir / LAB_HOSTS).is_file():
@@ -43,7 +53,36 @@ def resolve_with_state(spec: Path, state_dir: Path | None, *, lab: bool = False,
                 rec = store.get_project(name)
                 # the autoscaler's (or add-workers') view of its group wins over count:
                 stored = dict((rec.data or {}).get("members", {})) if rec else {}
-    return resolve(doc, display_path(spec), counts={**stored, **(members or {})}, leases=leases)
+    project = resolve(doc, display_path(spec), counts={**stored, **(members or {})},
+                      leases=leases)
+    return with_controller_key(project, state_dir, make=make_key)
+
+
+def with_controller_key(project: Project, state_dir: Path | None, *, make: bool) -> Project:
+    sc = project.scaling
+    if state_dir is None or sc is None or sc.batch.via != "ssh" or sc.batch.key is not None \
+            or sc.batch.user != "root":
+        return project
+    from elastic.adapters.keys import ensure_key, read_public
+    path = controller_key(state_dir, project.name)
+    if make:
+        pub = ensure_key(path, f"elastic@{project.name}")
+    elif path.exists():
+        pub = read_public(path)
+    else:
+        return project
+    nodes = []
+    for node in project.nodes:
+        if node.name == sc.batch.master:
+            users = list(node.users)
+            root = next((i for i, u in enumerate(users) if u.name == "root"), None)
+            if root is None:
+                users.append(User("root", ssh_keys=(pub,)))
+            elif pub not in users[root].ssh_keys:
+                users[root] = replace(users[root], ssh_keys=(*users[root].ssh_keys, pub))
+            node = replace(node, users=tuple(users))
+        nodes.append(node)
+    return replace(project, nodes=tuple(nodes))
 
 
 def recorded_spec(state_dir: Path, project: str) -> tuple[Path, bool]:

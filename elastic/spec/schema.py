@@ -262,12 +262,28 @@ class CloudSpec(Block):
 # ------------------------------------------------------------------------------ scaling
 
 class BatchBlock(Block):
+    """How the controller reaches the batch master. ``via: ssh`` (the default, as StarCluster
+    did): the commands run on the master node over SSH, as ``user`` with ``key`` (default:
+    elastic's own key for the project, which `elastic up` puts into the master's root
+    authorized_keys), at ``address`` (default: the master's address on a bridged network,
+    else its first address), connecting from namespace ``netns`` if given (with --lab: the
+    lab's front end). ``via: local``: the clients run here (in ``netns`` if given), for a
+    controller on the head machine itself. ``root``/``cell``: SGE_ROOT/SGE_CELL where the
+    commands run (default: that machine's own settings)."""
+
     system: Literal["sge", "slurm", "fake"] = "sge"
     master: str                   # node that runs the batch master
-    cell: str = "default"
-    root: str = "/var/lib/gridengine"
+    via: Literal["ssh", "local"] = "ssh"
+    address: str | None = None
+    user: str = "root"
+    port: Annotated[int, Field(ge=1, le=65535)] = 22
+    key: str | None = None
+    netns: str | None = None
+    cell: str | None = None
+    root: str | None = None
     queue: str = "all.q"
     hostgroup: str = "@allhosts"
+    timeout: Duration = 30.0
 
 
 class RebalanceBlock(Block):

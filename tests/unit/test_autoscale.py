@@ -51,6 +51,11 @@ class FakeBatch:
         return QueueSnapshot(now, True, tuple(self.pending), tuple(self.running),
                              hosts=tuple(self.hosts.values()))
 
+    def admit(self, name: str, address: str) -> None:
+        if self.down:
+            raise TransientError("qconf: master down")
+        self.calls.append(("admit", name, address))
+
     def add_exec_host(self, name: str, slots: int) -> None:
         self.calls.append(("add", name))
         self.hosts[name] = ExecHost(name, slots, 0)
@@ -140,12 +145,31 @@ def test_waiting_jobs_launch_workers_that_are_then_admitted(world):
     assert result.plan.actions[0].count == 3           # 6 slots / 2 per worker
     assert fleet.converged[-1] == [1, 2, 3]
     assert states(state) == {"worker1": "RUNNING", "worker2": "RUNNING", "worker3": "RUNNING"}
+    # the master learnt each new worker's name and address before its VM was made
+    admits = [c for c in batch.calls if c[0] == "admit"]
+    assert [c[1] for c in admits] == ["worker1", "worker2", "worker3"]
+    assert all(c[2].startswith("10.") for c in admits)
     clock.advance(15)
     result = scaler.tick()
-    assert {c for c in batch.calls if c[0] == "add"} == {("add", f"worker{i}") for i in (1, 2, 3)}
+    assert len([c for c in batch.calls if c[0] == "admit"]) == 3     # not again
     with Store.open(state) as store:
         kinds = [e.kind for e in store.events("auto")]
     assert "decision:launch" in kinds
+
+
+def test_a_worker_the_master_could_not_admit_is_admitted_by_a_later_tick(world):
+    scaler, batch, fleet, clock, state = world
+    batch.down = True                       # the master does not answer while we launch
+    scaler.add_workers(1)
+    assert not [c for c in batch.calls if c[0] == "admit"]
+    batch.down = False
+    clock.advance(5)
+    result = scaler.tick()
+    assert [c[:2] for c in batch.calls if c[0] == "admit"] == [("admit", "worker1")]
+    assert any("admitted worker1" in a for a in result.applied)
+    clock.advance(5)
+    scaler.tick()
+    assert len([c for c in batch.calls if c[0] == "admit"]) == 1
 
 
 def test_idle_workers_are_drained_then_removed_but_a_busy_one_is_kept(world):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from elastic.adapters.batch.sge import SGE, HostBusy
+from elastic.adapters.batch.sge import FROM_STDIN, HOSTS_EDIT, SGE, HostBusy
 from elastic.adapters.batch.sge_parse import (
     count_tasks,
     parse_memory_mib,
@@ -282,10 +282,11 @@ class FakeRunner:
 
     def __call__(self, argv, *, timeout, netns=None, check=True, env=None, **kw) -> Result:
         argv = tuple(str(a) for a in argv)
+        if argv[:3] == ("sh", "-c", FROM_STDIN):    # CMD ARGS <file with the input>
+            argv = argv[4:] + ("<stdin>",)
+            self.files[" ".join(argv)] = kw["input"]
         self.calls.append(argv)
         self.kwargs.append({"timeout": timeout, "netns": netns, "env": env, "check": check})
-        if argv[:2] == ("qconf", "-Ae"):               # read the file while it exists
-            self.files[argv[2]] = Path(argv[2]).read_text()
         if self.missing == argv[0]:
             raise CommandMissing(f"{argv[0]}: command not found")
         if self.timeout_on == argv[0]:
@@ -358,16 +359,15 @@ def test_missing_client_and_garbage_are_unknown(fake):
 
 def test_add_exec_host(fake):
     make(fake).add_exec_host("node7", slots=4)
-    (path,) = fake.files
     assert fake.calls == [
         ("qconf", "-ah", "node7"),
-        ("qconf", "-Ae", path),
+        ("qconf", "-Ae", "<stdin>"),          # the configuration goes on stdin: works over SSH
         ("qconf", "-aattr", "hostgroup", "hostlist", "node7", "@allhosts"),
         ("qconf", "-aattr", "queue", "slots", "[node7=4]", "all.q"),
     ]
-    assert "hostname              node7\n" in fake.files[path]
-    assert "complex_values        NONE" in fake.files[path]
-    assert not Path(path).exists()                          # the temporary file is gone
+    conf = fake.files["qconf -Ae <stdin>"]
+    assert "hostname              node7\n" in conf
+    assert "complex_values        NONE" in conf
     assert all(kw["timeout"] == 7.0 and kw["netns"] == "head" for kw in fake.kwargs)
 
 
@@ -390,8 +390,33 @@ def test_custom_queue_and_hostgroup(fake):
     sge.add_exec_host("c1", slots=8)
     assert ("qconf", "-aattr", "hostgroup", "hostlist", "c1", "@cloud") in fake.calls
     assert fake.calls[-1] == ("qconf", "-aattr", "queue", "slots", "[c1=8]", "batch.q")
-    assert fake.kwargs[0]["env"] == {"SGE_ROOT": "/var/lib/gridengine", "SGE_CELL": "default"}
+    assert fake.kwargs[0]["env"] is None       # the machine's own SGE_ROOT and cell
     assert fake.kwargs[0]["netns"] is None
+
+
+def test_admit_maps_the_name_and_makes_an_admin_host(fake):
+    make(fake).admit("worker5", "10.20.0.15")
+    assert fake.calls == [("sh", "-c", HOSTS_EDIT, "sh", "/etc/hosts", "worker5", "10.20.0.15"),
+                          ("qconf", "-ah", "worker5")]
+    fake.rule(("qconf", "-ah"), 1, "", 'adminhost "worker5" already exists')
+    make(fake).admit("worker5", "10.20.0.15")           # again: fine
+    with pytest.raises(ValueError):
+        make(fake).admit("worker5; rm -rf /", "10.20.0.15")
+    with pytest.raises(ValueError):
+        make(fake).admit("worker5", "not-an-address")
+
+
+def test_the_hosts_edit_replaces_a_name_and_keeps_the_rest(tmp_path):
+    import subprocess
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1 localhost\n# worker3 was here\n10.20.0.2 head\n"
+                     "10.20.0.9 worker3 w3\n10.20.0.4 worker30\n")
+    for name, addr in (("worker3", "10.20.0.13"), ("worker3", "10.20.0.13"),
+                       ("head", "10.20.0.2")):
+        subprocess.run(["sh", "-c", HOSTS_EDIT, "sh", str(hosts), name, addr], check=True,
+                       timeout=10)
+    assert hosts.read_text() == ("127.0.0.1 localhost\n# worker3 was here\n10.20.0.2 head\n"
+                                 "10.20.0.4 worker30\n10.20.0.13 worker3\n")
 
 
 def test_disable_enable(fake):

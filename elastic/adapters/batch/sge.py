@@ -1,22 +1,26 @@
 """Grid Engine (Son of Grid Engine 8.1.9) through its command-line clients.
 
-    sge = SGE()                                   # SGE_ROOT=/var/lib/gridengine, cell default
+    sge = SGE()                                   # this machine's SGE_ROOT and cell
+    sge = SGE(runner=SSH("10.77.0.20", key=k))    # ... or the head node's, over SSH
     snap = sge.snapshot(now)                      # qstat + qhost -> QueueSnapshot
+    sge.admit("node3", "10.20.0.13")              # the master knows node3: it may join
     sge.add_exec_host("node3", slots=4)           # admin + exec host, @allhosts, slots
     sge.disable("node3"); sge.running_jobs_on("node3"); sge.remove_exec_host("node3")
 
-Every command goes through ``runner`` (``elastic.adapters.run.run`` by default) with a
-timeout, ``SGE_ROOT``/``SGE_CELL`` in its environment, and inside ``netns`` when given.
-Commands run as the calling user: the admin operations need a Grid Engine manager (root is
-one). The parsers are pure and live in ``sge_parse``.
+Every command goes through ``runner`` (``elastic.adapters.run.run`` by default, or an
+``elastic.adapters.run.SSH``: the same code either way) with a timeout, with
+``SGE_ROOT``/``SGE_CELL`` in its environment when given (else the machine's own settings),
+and inside ``netns`` when given. Commands run as the runner's user: the admin operations
+need a Grid Engine manager (root on an admin host is one). No command reads a local file:
+configuration goes to ``qconf`` on its standard input, so it works the same over SSH. The
+parsers are pure and live in ``sge_parse``.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
-import os
 import re
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
@@ -54,6 +58,25 @@ report_variables      NONE
 """
 
 
+# `sh -c FROM_STDIN sh CMD ARGS...`: CMD ARGS... FILE, FILE holding the standard input (qconf
+# -A* reads files, not pipes), removed afterwards; the exit status is CMD's.
+FROM_STDIN = ('f=$(mktemp) || exit 1; cat >"$f"; chmod 0644 "$f"; "$@" "$f"; rc=$?; '
+              'rm -f "$f"; exit $rc')
+
+# `sh -c HOSTS_EDIT sh FILE NAME ADDRESS`: FILE maps NAME to ADDRESS and to nothing else;
+# rewritten in place (the file may be a bind mount), only when it changes.
+HOSTS_EDIT = r"""f=$1 n=$2 a=$3
+new=$(awk -v n="$n" -v a="$a" '
+    $1 ~ /^#/ { print; next }
+    { named = 0; for (i = 2; i <= NF; i++) if ($i == n) named = 1 }
+    !named { print; next }
+    $1 == a && NF == 2 && !seen { print; seen = 1 }
+    END { if (!seen) print a " " n }' "$f") || exit 1
+[ "$new" = "$(cat "$f")" ] || printf '%s
+' "$new" >"$f"
+"""
+
+
 class HostBusy(TransientError):
     """The host still runs jobs: drain it (it is left disabled) and try again later."""
 
@@ -72,11 +95,13 @@ class SGE:
     command (the queries answer in ~0.06 s even with 5,000 pending tasks).
     """
 
-    def __init__(self, root: str = "/var/lib/gridengine", cell: str = "default",
+    def __init__(self, root: str | None = None, cell: str | None = None,
                  netns: str | None = None, runner: Runner = run, *, queue: str = "all.q",
-                 hostgroup: str = "@allhosts", timeout: float = 30.0) -> None:
-        self.root = str(root)
+                 hostgroup: str = "@allhosts", timeout: float = 30.0,
+                 hosts_file: str = "/etc/hosts") -> None:
+        self.root = None if root is None else str(root)
         self.cell = cell
+        self.hosts_file = hosts_file
         self.netns = netns
         self.runner = runner
         self.queue = queue
@@ -85,11 +110,18 @@ class SGE:
 
     @property
     def env(self) -> dict[str, str]:
-        return {"SGE_ROOT": self.root, "SGE_CELL": self.cell}
+        env = {}
+        if self.root is not None:
+            env["SGE_ROOT"] = self.root
+            env["SGE_CELL"] = self.cell or "default"
+        elif self.cell is not None:
+            env["SGE_CELL"] = self.cell
+        return env
 
-    def _run(self, argv: Sequence[str], *, check: bool = True) -> Result:
+    def _run(self, argv: Sequence[str], *, check: bool = True, input: str | None = None) \
+            -> Result:
         return self.runner(list(argv), timeout=self.timeout, netns=self.netns, check=check,
-                           env=self.env)
+                           env=self.env or None, input=input)
 
     # ------------------------------------------------------------------ reading
 
@@ -121,6 +153,16 @@ class SGE:
 
     # ------------------------------------------------------------------ admin
 
+    def admit(self, name: str, address: str) -> None:
+        """Let ``name`` (at ``address``) join the cell: the master machine's hosts file maps
+        it (the qmaster resolves every peer by name, both ways), and it becomes an admin
+        host, so that the node's own join (elastic-sge exec) registers it as an execution
+        host. Idempotent; an old line for the name (another address) is replaced."""
+        _check_name(name)
+        ipaddress.ip_address(address)
+        self._run(["sh", "-c", HOSTS_EDIT, "sh", self.hosts_file, name, address])
+        self._tolerant(["qconf", "-ah", name], _ALREADY)
+
     def add_exec_host(self, name: str, slots: int) -> None:
         """Make ``name`` an admin and exec host, put it in the host group and give it
         ``slots`` in the queue. Idempotent. The host's ``sge_execd`` can start afterwards
@@ -129,14 +171,8 @@ class SGE:
         if int(slots) < 1:
             raise ValueError(f"slots must be at least 1, not {slots!r}")
         self._tolerant(["qconf", "-ah", name], _ALREADY)
-        fd, path = tempfile.mkstemp(prefix=f"elastic-exechost-{name}-", suffix=".conf")
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(EXEC_HOST_TEMPLATE.format(name=name))
-            os.chmod(path, 0o644)
-            self._tolerant(["qconf", "-Ae", path], _ALREADY)
-        finally:
-            os.unlink(path)
+        self._tolerant(["sh", "-c", FROM_STDIN, "sh", "qconf", "-Ae"], _ALREADY,
+                       input=EXEC_HOST_TEMPLATE.format(name=name))
         self._tolerant(["qconf", "-aattr", "hostgroup", "hostlist", name, self.hostgroup],
                        _ALREADY)
         self._run(["qconf", "-aattr", "queue", "slots", f"[{name}={int(slots)}]", self.queue])
@@ -169,9 +205,10 @@ class SGE:
         self._tolerant(["qconf", "-de", name], _ABSENT)
         self._tolerant(["qconf", "-dh", name], _ABSENT)
 
-    def _tolerant(self, argv: Sequence[str], fine: Sequence[str]) -> Result:
+    def _tolerant(self, argv: Sequence[str], fine: Sequence[str], *,
+                  input: str | None = None) -> Result:
         """Run a qconf/qmod step; exit 1 with one of the ``fine`` messages is success."""
-        result = self._run(argv, check=False)
+        result = self._run(argv, check=False, input=input)
         if result.returncode != 0:
             said = (result.stderr + "\n" + result.stdout).lower()
             if not any(f in said for f in fine):
