@@ -276,11 +276,16 @@ def status(obj: Ctx, project: str | None, output: str) -> None:
 
 @cli.command()
 @click.argument("node")
+@click.option("--log", "show_log", is_flag=True,
+              help="Print what the console said since the node was made, and return.")
 @click.pass_obj
 @handles_errors
-def console(obj: Ctx, node: str) -> None:
+def console(obj: Ctx, node: str, show_log: bool) -> None:
     """Attach to NODE's serial console (NODE or NODE.PROJECT; leave with Ctrl-]."""
-    from elastic.engine.status import console_command
+    from elastic.engine.status import console_command, console_log
+    if show_log:
+        click.echo(console_log(obj.state_dir, node), nl=False)
+        return
     argv = console_command(obj.state_dir, node)
     os.execvp(argv[0], argv)
 

@@ -92,6 +92,23 @@ def _probe(hosts) -> dict[str, dict[str, Any]]:
 
 def console_command(state_dir: Path, node: str) -> list[str]:
     """virsh console for NODE or NODE.PROJECT."""
+    rec, host = _node_host(state_dir, node)
+    return ["virsh", "-c", host.uri, "console", rec.full_name]
+
+
+def console_log(state_dir: Path, node: str) -> str:
+    """What NODE (or NODE.PROJECT) wrote on its serial console since it was made (the log
+    volume elastic reads to see a node become ready)."""
+    rec, h = _node_host(state_dir, node)
+    host = LibvirtHost(h.name, h.uri, timeout=PROBE_TIMEOUT)
+    try:
+        return host.read_volume(f"{rec.project}-{rec.name}.console.log").decode(
+            errors="replace")
+    finally:
+        host.close()
+
+
+def _node_host(state_dir: Path, node: str):
     name, _, project = node.partition(".")
     with Store.open(state_dir, readonly=True) as store:
         matches = [n for n in store.list_nodes(project or None)
@@ -105,4 +122,4 @@ def console_command(state_dir: Path, node: str) -> list[str]:
         hosts = {h.name: h for h in store.hosts()}
     if rec.host not in hosts:
         raise PermanentError(f"{rec.full_name} has no host")
-    return ["virsh", "-c", hosts[rec.host].uri, "console", rec.full_name]
+    return rec, hosts[rec.host]
