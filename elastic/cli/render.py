@@ -128,6 +128,22 @@ def print_status(report: dict[str, Any], console: Console) -> None:
         nodes.add_row(f"{n['name']}.{n['project']}", state, n["host"] or "-", addrs,
                       _uptime(n["uptime"]), n["reason"][:60])
     console.print(nodes)
+    for sc in report.get("scaling", []):
+        q = sc["queue"] or {}
+        if not q:
+            queue = "not read yet"
+        elif not q.get("known"):
+            queue = f"unknown ({q.get('error')})"
+        else:
+            queue = (f"{q['pending_jobs']} jobs ({q['pending_slots']} slots) waiting, "
+                     f"{q['running_jobs']} running")
+            if q.get("held") or q.get("errored"):
+                queue += f", {q.get('held', 0)} held, {q.get('errored', 0)} in error"
+        workers = ", ".join(f"{n} {s}" for s, n in sorted(sc["workers"].items())) or "none"
+        console.print(f"autoscaling {sc['project']}: queue {queue}; workers: {workers}",
+                      markup=False)
+        for site, why in sorted(sc["breakers"].items()):
+            console.print(f"  BREAKER OPEN on {site} {why}: no launches there", markup=False)
     if report.get("decisions"):
         console.print("last decisions:")
         for d in report["decisions"]:

@@ -74,7 +74,7 @@ class Autoscaler:
 
     def _save(self, store: Store, *, members: list[int] | None = None,
               memory: Memory | None = None, outcomes: list[LaunchOutcome] | None = None,
-              group: str) -> None:
+              queue: dict | None = None, group: str) -> None:
         rec = store.get_project(self.name)
         if rec is None:
             raise PermanentError(f"project {self.name} is not up (run elastic up first)")
@@ -85,6 +85,8 @@ class Autoscaler:
             data["autoscale"] = memory.to_dict()
         if outcomes is not None:
             data["outcomes"] = [o.__dict__ for o in outcomes]
+        if queue is not None:
+            data["queue"] = queue
         store.update_project_data(self.name, data, self.clock.now())
 
     def workers(self, store: Store, project: Project, snapshot: QueueSnapshot,
@@ -141,7 +143,8 @@ class Autoscaler:
             result = TickResult(plan, snapshot, workers)
             if dry_run:
                 return result
-            self._save(store, memory=plan.memory, outcomes=[], group=spec.group)
+            self._save(store, memory=plan.memory, outcomes=[], group=spec.group,
+                       queue=queue_summary(snapshot))
             for action in plan.actions:
                 store.record_event(self.name, f"decision:{action.kind}", now,
                                    node=action.node, reason=action.reason)
@@ -325,6 +328,15 @@ class Autoscaler:
     def _members_now(self, project: Project) -> list[int]:
         with self.store_open() as store:
             return self._members(store, project)
+
+
+def queue_summary(snapshot: QueueSnapshot) -> dict:
+    """What `elastic status` shows of the queue the last tick saw."""
+    if not snapshot.known:
+        return {"known": False, "at": snapshot.taken_at, "error": snapshot.error}
+    return {"known": True, "at": snapshot.taken_at, "pending_jobs": len(snapshot.pending),
+            "pending_slots": snapshot.pending_slots, "running_jobs": len(snapshot.running),
+            "held": snapshot.held, "errored": snapshot.errored}
 
 
 def batch_address(project: Project, node) -> str | None:

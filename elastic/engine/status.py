@@ -19,7 +19,7 @@ PROBE_TIMEOUT = 8.0
 def collect(state_dir: Path, project: str | None = None) -> dict[str, Any]:
     now = SystemClock().now()
     if not Store.exists(state_dir):
-        return {"hosts": [], "nodes": [], "projects": [], "decisions": []}
+        return {"hosts": [], "nodes": [], "projects": [], "scaling": [], "decisions": []}
     with Store.open(state_dir, readonly=True) as store:
         if project is not None and store.get_project(project) is None:
             raise PermanentError(f"no project named {project} in {state_dir}")
@@ -32,6 +32,18 @@ def collect(state_dir: Path, project: str | None = None) -> dict[str, Any]:
                     {"iface": lease.iface, "network": lease.network, "address": lease.address,
                      "mac": lease.mac})
         hosts = store.hosts()
+        scaling = []
+        for p in projects:
+            data = (store.get_project(p).data or {})
+            if "queue" not in data and "autoscale" not in data:
+                continue
+            groups = set(data.get("members", {}))
+            by_state: dict[str, int] = {}
+            for n in records:
+                if n.project == p and (n.data or {}).get("group") in groups:
+                    by_state[str(n.state)] = by_state.get(str(n.state), 0) + 1
+            scaling.append({"project": p, "queue": data.get("queue"), "workers": by_state,
+                            "breakers": (data.get("autoscale") or {}).get("breakers", {})})
         reasons = {}
         decisions = []
         for p in projects:
@@ -67,7 +79,7 @@ def collect(state_dir: Path, project: str | None = None) -> dict[str, Any]:
             "vms": info.get("vms", []),
         })
     return {"projects": projects, "hosts": host_rows, "nodes": nodes,
-            "decisions": decisions[-10:]}
+            "scaling": scaling, "decisions": decisions[-10:]}
 
 
 def _probe(hosts) -> dict[str, dict[str, Any]]:
