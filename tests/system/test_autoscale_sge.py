@@ -39,7 +39,8 @@ def lab_spec(tmp: Path, lab, project: str, *, head_lan: str, cidr_octet: int,
     text = text.replace("project: sgelab", f"project: {project}")
     text = text.replace("batch: {system: sge, master: head}",
                         f"batch: {{system: sge, master: head, netns: {FRONT}}}")
-    text = text.replace("10.77.0.20", head_lan).replace("10.20.0.", f"10.{cidr_octet}.0.")
+    text = text.replace("eth1: {address: 10.77.0.20}", f"eth1: {{address: {head_lan}}}")
+    text = text.replace("10.20.0.", f"10.{cidr_octet}.0.")
     if worker_conf is not None:
         text = text.replace('"SGE_ROLE=exec\\nSGE_MASTER=head\\n"', worker_conf)
     assert f"project: {project}" in text and FRONT in text and head_lan in text
@@ -144,9 +145,9 @@ def sge_cluster(lab, tmp_path_factory):
                     "gridengine-client): " + ", ".join(missing))
     tmp = tmp_path_factory.mktemp("sgeauto")
     state = tmp / "state"
-    spec = lab_spec(tmp, lab, "sgeauto", head_lan="10.77.0.40", cidr_octet=21)
+    spec = lab_spec(tmp, lab, "sgeauto", head_lan="10.77.0.24", cidr_octet=21)
     elastic(state, "up", str(spec), timeout=600)
-    head = Head(state, "sgeauto", "10.77.0.40")
+    head = Head(state, "sgeauto", "10.77.0.24")
     try:
         head.wait_ready()
         yield state, spec, head, tmp
@@ -264,7 +265,7 @@ def test_a_worker_that_never_joins_is_replaced_until_the_breaker_trips(lab, tmp_
         pytest.skip("Grid Engine in guests needs: " + ", ".join(missing))
     state = tmp_path / "state"
     # a broken worker image: it boots, but its Grid Engine never starts
-    spec = lab_spec(tmp_path, lab, "sgebroken", head_lan="10.77.0.41", cidr_octet=22,
+    spec = lab_spec(tmp_path, lab, "sgebroken", head_lan="10.77.0.25", cidr_octet=22,
                     worker_conf='"SGE_ROLE=none\\n"')
     text = spec.read_text()
     for key, value in (("boot_timeout: 90s", "boot_timeout: 15s"),
@@ -275,7 +276,7 @@ def test_a_worker_that_never_joins_is_replaced_until_the_breaker_trips(lab, tmp_
     spec.write_text(text)
     log = tmp_path / "autoscale.log"
     elastic(state, "up", str(spec), timeout=600)
-    head = Head(state, "sgebroken", "10.77.0.41")
+    head = Head(state, "sgebroken", "10.77.0.25")
     try:
         head.wait_ready()
         head.qsub(1)
