@@ -292,6 +292,8 @@ def console(obj: Ctx, node: str, show_log: bool) -> None:
 
 # ------------------------------------------------------------------------ autoscaling
 
+LOCK_WAIT = 600.0   # seconds the autoscaler and add/remove-workers wait for each other
+
 batch_netns_option = click.option(
     "--batch-netns", default=None, metavar="NS",
     help="The network namespace the batch commands run in (via: local) or SSH connects "
@@ -312,6 +314,8 @@ def _autoscaler(obj: Ctx, spec: Path, lab: bool, batch_netns: str | None, progre
     sge = batch_system(project, obj.state_dir, netns=batch_netns, lab_front=front)
     try:
         with _cluster(obj, progress=progress) as cluster:
+            # the autoscaler and add/remove-workers take turns on the project's VMs
+            cluster.lock_wait = LOCK_WAIT
             fleet = ClusterFleet(cluster, spec, obj.state_dir, lab=lab)
             yield Autoscaler(project.name, lambda: Store.open(obj.state_dir), sge, fleet)
     finally:

@@ -42,6 +42,7 @@ class Fleet(Protocol):
     def project(self, members: list[int] | None) -> Project: ...
     def room(self, members: list[int], limit: int) -> int: ...
     def converge(self, members: list[int]) -> dict[str, str]: ...   # node -> '' | failure
+    def resume(self, members: list[int]) -> dict[str, str] | None: ...  # None: busy
     def move(self, store: Store, node: str, state: State, reason: str) -> None: ...
 
 
@@ -62,6 +63,7 @@ class Autoscaler:
         self.batch = batch
         self.fleet = fleet
         self.clock = clock or SystemClock()
+        self.newly_joined: list[str] = []   # workers that joined in the last observation
 
     # -------------------------------------------------------------------- observing
     def _members(self, store: Store, project: Project) -> list[int]:
@@ -99,6 +101,7 @@ class Autoscaler:
             if job.host:
                 running[job.host.split(".")[0]] = running.get(job.host.split(".")[0], 0) + 1
         out = []
+        self.newly_joined = []
         for rec in store.list_nodes(self.name):
             if rec.state == State.DONE or (rec.data or {}).get("group") != group:
                 continue
@@ -110,6 +113,8 @@ class Autoscaler:
             idle_since = data.get("idle_since")
             if snapshot.known:
                 idle_since = None if (jobs or busy_slots) else (idle_since or now)
+            if joined and not data.get("joined"):
+                self.newly_joined.append(rec.name)
             if (joined, idle_since) != (data.get("joined"), data.get("idle_since")):
                 store.update_node_data(self.name, rec.name,
                                        {**data, "joined": joined, "idle_since": idle_since})
@@ -136,6 +141,10 @@ class Autoscaler:
             outcomes = [LaunchOutcome(**o) for o in (rec.data or {}).get("outcomes", [])]
             members = self._members(store, project)
             workers = self.workers(store, project, snapshot, now)
+            # a launch succeeded when its worker joined the batch system (not when its VM
+            # booted: an image that boots but never joins is a failed launch)
+            outcomes += [LaunchOutcome(w.site, True, w.name) for w in workers
+                         if w.name in self.newly_joined]
             shape = self._shape(project)
             room = self.fleet.room(members, max(0, spec.max_workers - len(workers)))
             plan = decide(snapshot, workers, spec, shape, Capacity(private=room), memory, now,
@@ -151,8 +160,28 @@ class Autoscaler:
             for note in plan.notes:
                 store.record_event(self.name, "note", now, reason=note)
             self._admit(store, project, workers, result)
-        self.apply(plan, project, result)
+            members = self._members(store, project)
+        if not self.apply(plan, project, result):
+            self._resume(project, members, workers, result)
         return result
+
+    def _resume(self, project: Project, members: list[int], workers: list[WorkerView],
+                result: TickResult) -> None:
+        """Workers left half-made (a controller killed mid-launch: PENDING, PROLOG or BOOT
+        with nobody working on them) are finished: the group is converged again, unless
+        another elastic process holds the project (then it is that one's work)."""
+        stuck = sorted(w.name for w in workers
+                       if w.state in (State.PENDING, State.PROLOG, State.BOOT))
+        if not stuck:
+            return
+        failures = self.fleet.resume(members)
+        if failures is None:
+            return
+        result.applied.append(f"resumed {', '.join(stuck)}")
+        with self.store_open() as store:
+            store.record_event(self.name, "note", self.clock.now(),
+                               reason=f"finishing {', '.join(stuck)}, left half-made by an "
+                               "earlier run")
 
     def _shape(self, project: Project) -> WorkerShape:
         group = project.scaling.group
@@ -213,9 +242,10 @@ class Autoscaler:
         return failures
 
     # ------------------------------------------------------------------------- acting
-    def apply(self, plan: Plan, project: Project, result: TickResult) -> None:
+    def apply(self, plan: Plan, project: Project, result: TickResult) -> bool:
         """Carry out the plan's actions in their order; one failed action never stops the
-        others (it is recorded and the next tick sees the world as it is)."""
+        others (it is recorded and the next tick sees the world as it is). True if the
+        group was converged (VMs made or removed)."""
         group = project.scaling.group
         gone: list[str] = []
         launches = 0
@@ -248,14 +278,16 @@ class Autoscaler:
             if gone or new:
                 self._save(store, members=members + new, group=group)
         if not (gone or new):
-            return
+            return False
         failures = self._launch(members, new, result)
         new_names = {n.name for n in self.fleet.project(sorted(members + new)).nodes
                      if n.group == group and n.index in new}
-        outcomes = [LaunchOutcome(PRIVATE, not failures.get(n), n, failures.get(n, ""))
-                    for n in sorted(new_names)]
+        # only failures now; a success is counted when the worker joins (see tick)
+        outcomes = [LaunchOutcome(PRIVATE, False, n, failures[n])
+                    for n in sorted(new_names) if failures.get(n)]
         with self.store_open() as store:
             self._save(store, outcomes=outcomes, group=group)
+        return True
 
     # --------------------------------------------------------------------- by hand
     def add_workers(self, count: int) -> dict[str, str]:
@@ -404,6 +436,17 @@ class ClusterFleet:
         project = self.project(members)
         outcome = self.cluster.up(self.spec, project, lab=self.lab)
         return {**{n: "" for n in outcome.running}, **outcome.failed}
+
+    def resume(self, members: list[int]) -> dict[str, str] | None:
+        """converge, unless another process holds the project's lock (None then)."""
+        from elastic.state.store import LockHeld
+        wait, self.cluster.lock_wait = self.cluster.lock_wait, 0.0
+        try:
+            return self.converge(members)
+        except LockHeld:
+            return None
+        finally:
+            self.cluster.lock_wait = wait
 
     def move(self, store: Store, node: str, state: State, reason: str) -> None:
         self.cluster.move_node(store, self.project(None).name, node, state, reason)

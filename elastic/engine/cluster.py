@@ -70,8 +70,10 @@ class Cluster:
     """The engine's view of the state directory: one object per command."""
 
     def __init__(self, state_dir: Path, *, clock: Clock | None = None,
-                 reporter: Reporter | None = None, boot_timeout: float = BOOT_TIMEOUT) -> None:
+                 reporter: Reporter | None = None, boot_timeout: float = BOOT_TIMEOUT,
+                 lock_wait: float = 0.0) -> None:
         self.state_dir = state_dir
+        self.lock_wait = lock_wait     # up: how long to wait for another process's lock
         self.clock = clock or SystemClock()
         self.report = reporter or Reporter()
         self.boot_timeout = boot_timeout
@@ -120,23 +122,23 @@ class Cluster:
         self._check_images(project)
         hosts = {h.name: h for h in project.hosts}
         infos = self._preflight(project.hosts)
-        with self.store() as store:
+        with self.store() as store, store.lock(project.name, wait=self.lock_wait):
+            # placed under the lock: another elastic process may have just changed things
             current = self._current_placement(store, project)
             placement = self._place(project, infos, current)
-            with store.lock(project.name):
-                outcome = Outcome()
-                # first what the spec no longer has: its addresses may be handed out again
-                self._remove_orphans(store, project, hosts, outcome)
-                self._record_project(store, spec, project, placement, lab)
-                by_host: dict[str, list[NodeSpec]] = {}
-                for node in project.nodes:
-                    by_host.setdefault(placement.host_of(node.chunk), []).append(node)
-                built = {name: images.build(name, self.state_dir / "images", self.report.step)
-                         for name in sorted({n.image for n in project.nodes})}
-                self._parallel(
-                    {h: (lambda h=h, nodes=nodes: self._up_host(hosts[h], project, spec, nodes,
-                                                                 built, outcome))
-                     for h, nodes in by_host.items()})
+            outcome = Outcome()
+            # first what the spec no longer has: its addresses may be handed out again
+            self._remove_orphans(store, project, hosts, outcome)
+            self._record_project(store, spec, project, placement, lab)
+            by_host: dict[str, list[NodeSpec]] = {}
+            for node in project.nodes:
+                by_host.setdefault(placement.host_of(node.chunk), []).append(node)
+            built = {name: images.build(name, self.state_dir / "images", self.report.step)
+                     for name in sorted({n.image for n in project.nodes})}
+            self._parallel(
+                {h: (lambda h=h, nodes=nodes: self._up_host(hosts[h], project, spec, nodes,
+                                                             built, outcome))
+                 for h, nodes in by_host.items()})
         outcome.seconds = time.monotonic() - t0
         return outcome
 

@@ -17,6 +17,7 @@ import re
 import shlex
 import sqlite3
 import sys
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -546,11 +547,12 @@ class Store:
     # --- the per-project lock ---------------------------------------------------------------
 
     @contextmanager
-    def lock(self, project: str, blocking: bool = False) -> Iterator[Path]:
+    def lock(self, project: str, blocking: bool = False, wait: float = 0.0) -> Iterator[Path]:
         """Hold ``<state_dir>/locks/<project>.lock`` (flock) for a long operation.
 
         Raises ``LockHeld`` naming the holder's pid when another process has it (unless
-        ``blocking``, which waits). The kernel frees the lock if the holder dies.
+        ``blocking``, which waits as long as it takes, or for up to ``wait`` seconds). The
+        kernel frees the lock if the holder dies.
         """
         _check_name(project, "project")
         locks = self.state_dir / LOCK_DIR
@@ -558,11 +560,17 @@ class Store:
         path = locks / f"{project}.lock"
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-            except BlockingIOError:
-                pid, command = _parse_holder(os.pread(fd, 4096, 0))
-                raise LockHeld(project, pid, command, path) from None
+            deadline = time.monotonic() + wait
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+                    break
+                except BlockingIOError:
+                    if time.monotonic() < deadline:
+                        time.sleep(0.2)
+                        continue
+                    pid, command = _parse_holder(os.pread(fd, 4096, 0))
+                    raise LockHeld(project, pid, command, path) from None
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()} {_command()}\n".encode(), 0)
             try:

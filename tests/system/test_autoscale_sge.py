@@ -13,6 +13,7 @@ with SIGTERM (or killed with SIGKILL, in the crash test).
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import signal
 import subprocess
@@ -63,7 +64,7 @@ class Head:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                if "all.q" in self.sh("qconf -sql"):
+                if "all.q@head" in self.sh("qstat -f -u '*'"):   # set up to the end
                     return
             except Exception:                   # noqa: BLE001 - not up yet
                 if time.monotonic() > deadline:
@@ -205,8 +206,10 @@ def test_a_drained_worker_is_kept_until_its_long_job_ends(sge_cluster):
     with autoscaler(state, spec, log):
         where = wait_for("the long job to start", lambda: head.running().get(job), 180, log)
         # the operator asks for one worker less: it is drained, not killed
-        out = elastic(state, "remove-workers", "1", "sgeauto", "-o", "json", timeout=120)
-        assert where in out.stdout, out.stdout
+        out = elastic(state, "remove-workers", "1", "sgeauto", "--no-wait", "-o", "json",
+                      timeout=120)
+        assert json.loads(out.stdout) == {"drained": [where], "removed": [],
+                                          "still_running_jobs": [where]}, out.stdout
         assert workers(state, "sgeauto")[where] == "DRAINING"
         queues = head.sh("qstat -f -u '*'")
         assert re.search(rf"all\.q@{where}\S*\s+\S+\s+\S+\s+\S+\s+\S+\s+d", queues), queues
@@ -229,10 +232,9 @@ def test_a_controller_killed_mid_scale_up_leaves_no_duplicate_or_orphan(sge_clus
     log = tmp / "autoscale-kill.log"
     jobs = head.qsub(2, count=3)
     with autoscaler(state, spec, log) as p:
-        # kill it while its first workers are being made
-        wait_for("a launch to start", lambda: any(
-            s in ("PENDING", "PROLOG", "BOOT") for s in workers(state, "sgeauto").values()),
-            120, log, every=0.2)
+        # kill it while its first workers boot: VMs made and started, not yet ready
+        wait_for("a worker to boot", lambda: "BOOT" in workers(state, "sgeauto").values(),
+                 120, log, every=0.1)
         p.send_signal(signal.SIGKILL)
         p.wait(10)
     made = workers(state, "sgeauto")

@@ -77,6 +77,7 @@ class FakeFleet:
     def __init__(self, spec: Path, state: Path, clock: FakeClock, room: int = 10) -> None:
         self.spec, self.state, self.clock, self._room = spec, state, clock, room
         self.converged: list[list[int]] = []
+        self.locked = False          # another process holds the project (resume gives way)
 
     def project(self, members):
         with Store.open(self.state) as store:
@@ -100,11 +101,17 @@ class FakeFleet:
                                    data={"group": n.group, "vcpus": n.vcpus, "memory": n.memory})
                     for s in path(State.PENDING, State.RUNNING):
                         store.transition("auto", n.name, s, "fake up", now)
+                elif rec.state in (State.PENDING, State.PROLOG, State.BOOT):   # half made
+                    for s in path(rec.state, State.RUNNING):
+                        store.transition("auto", n.name, s, "fake up, finished", now)
             for rec in store.list_nodes("auto"):
                 if rec.name not in wanted and rec.state != State.DONE:
                     self.move(store, rec.name, State.DONE, "not in the spec any more")
         self.converged.append(list(members))
         return {n: "" for n in wanted}
+
+    def resume(self, members):
+        return None if self.locked else self.converge(members)
 
     def move(self, store, node, state, reason):
         rec = store.get_node("auto", node)
@@ -170,6 +177,50 @@ def test_a_worker_the_master_could_not_admit_is_admitted_by_a_later_tick(world):
     clock.advance(5)
     scaler.tick()
     assert len([c for c in batch.calls if c[0] == "admit"]) == 1
+
+
+def test_workers_left_half_made_by_a_killed_controller_are_finished(world):
+    scaler, batch, fleet, clock, state = world
+    # a controller was killed mid-launch: worker1 and worker2 are members, one in PROLOG and
+    # one in BOOT, and no process works on them
+    with Store.open(state) as store:
+        rec = store.get_project("auto")
+        store.update_project_data("auto", {**rec.data, "members": {"worker": [1, 2]}},
+                                  clock.now())
+        for name, to in (("worker1", State.PROLOG), ("worker2", State.BOOT)):
+            store.add_node("auto", name, clock.now(), host="h1", data={"group": "worker"})
+            for s in path(State.PENDING, to):
+                store.transition("auto", name, s, "killed controller", clock.now())
+    fleet.locked = True                      # ... unless another process is on it right now
+    clock.advance(5)
+    result = scaler.tick()
+    assert not any("resumed" in a for a in result.applied)
+    assert states(state) == {"worker1": "PROLOG", "worker2": "BOOT"}
+    fleet.locked = False
+    clock.advance(5)
+    result = scaler.tick()
+    assert "resumed worker1, worker2" in result.applied
+    assert states(state) == {"worker1": "RUNNING", "worker2": "RUNNING"}
+    assert fleet.converged[-1] == [1, 2]                 # the same workers, no new ones
+
+
+def test_workers_that_boot_but_never_join_trip_the_breaker(world, tmp_path):
+    scaler, batch, fleet, clock, state = world
+    spec = tmp_path / "auto.yaml"
+    spec.write_text(SPEC.replace("  cooldown: 10s", "  cooldown: 10s\n  boot_timeout: 60s\n"
+                                 "  backoff: 5s\n  breaker_failures: 2\n"
+                                 "  max_launch_per_tick: 1"))
+    batch.pending = [job(1, clock.now())]
+    launches = 0
+    for _ in range(60):              # 10 minutes: the VMs boot (fake), never join (no host)
+        clock.advance(10)
+        result = scaler.tick()
+        launches += sum(a.count for a in result.plan.actions if a.kind == "launch")
+    with Store.open(state) as store:
+        memory = store.get_project("auto").data["autoscale"]
+    assert launches == 2                       # then the breaker stops it
+    (why,) = memory["breakers"].values()
+    assert "2 consecutive launch failures" in why and "did not join" in why
 
 
 def test_idle_workers_are_drained_then_removed_but_a_busy_one_is_kept(world):
