@@ -395,15 +395,19 @@ def _target(obj: Ctx, target: str, lab: bool) -> tuple[Path, bool]:
 @target_argument
 @lab_option
 @batch_netns_option
+@click.option("--class", "cls", default=None, metavar="CLASS",
+              help="Make the new workers of this class of the spec instead of the group's "
+                   "(the group's own settings still apply on top).")
 @output_option
 @click.pass_obj
 @handles_errors
 def add_workers(obj: Ctx, count: int, target: str, lab: bool, batch_netns: str | None,
+                cls: str | None,
                 output: str) -> None:
     """Add COUNT workers to the scaling group now (the autoscaler's own machinery)."""
     spec, lab = _target(obj, target, lab)
     with _autoscaler(obj, spec, lab, batch_netns) as scaler:
-        result = scaler.add_workers(count)
+        result = scaler.add_workers(count, cls)
     failed = {n: why for n, why in result.items() if why}
     if output == "json":
         render.print_json({"nodes": sorted(result), "failed": failed})

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from elastic.clock import Clock, SystemClock
-from elastic.errors import ElasticError, PermanentError, TransientError
+from elastic.errors import ConfigError, ElasticError, PermanentError, TransientError
 from elastic.lifecycle import State
 from elastic.model import Project, QueueSnapshot
 from elastic.policy import (PRIVATE, Capacity, LaunchOutcome, Memory, Plan, WorkerShape, WorkerView,
@@ -76,13 +76,27 @@ class Autoscaler:
 
     def _save(self, store: Store, *, members: list[int] | None = None,
               memory: Memory | None = None, outcomes: list[LaunchOutcome] | None = None,
-              queue: dict | None = None, group: str) -> None:
+              queue: dict | None = None, member_classes: dict[int, str] | None = None,
+              group: str) -> None:
         rec = store.get_project(self.name)
         if rec is None:
             raise PermanentError(f"project {self.name} is not up (run elastic up first)")
         data = dict(rec.data or {})
         if members is not None:
             data["members"] = {**data.get("members", {}), group: sorted(members)}
+            # a removed member's class goes with it (its index may be used again)
+            classes = dict(data.get("member_classes") or {})
+            kept = {i: c for i, c in (classes.get(group) or {}).items() if int(i) in members}
+            if kept:
+                classes[group] = kept
+            else:
+                classes.pop(group, None)
+            data["member_classes"] = classes
+        if member_classes:
+            classes = dict(data.get("member_classes") or {})
+            classes[group] = {**(classes.get(group) or {}),
+                              **{str(i): c for i, c in member_classes.items()}}
+            data["member_classes"] = classes
         if memory is not None:
             data["autoscale"] = memory.to_dict()
         if outcomes is not None:
@@ -290,10 +304,16 @@ class Autoscaler:
         return True
 
     # --------------------------------------------------------------------- by hand
-    def add_workers(self, count: int) -> dict[str, str]:
-        """Launch ``count`` workers now (through the same machinery as the daemon)."""
+    def add_workers(self, count: int, cls: str | None = None) -> dict[str, str]:
+        """Launch ``count`` workers now (through the same machinery as the daemon), of the
+        group's class or of class ``cls``."""
         project = self.fleet.project(None)
         group = project.scaling.group
+        if cls is not None and cls not in project.classes:
+            from elastic.spec.suggest import did_you_mean
+            raise ConfigError(f"unknown class '{cls}'" + did_you_mean(cls, project.classes)
+                              + f" (classes: {', '.join(project.classes)})", project.source,
+                              key="--class")
         with self.store_open() as store:
             members = self._members(store, project)
             room = self.fleet.room(members, count)
@@ -301,9 +321,11 @@ class Autoscaler:
                 raise TransientError(f"only {room} more worker(s) fit on the private hosts "
                                      f"(asked for {count}); no cloud is connected yet")
             new = _next_indices(members, count)
-            self._save(store, members=members + new, group=group)
+            self._save(store, members=members + new, group=group,
+                       member_classes={i: cls for i in new} if cls else None)
             store.record_event(self.name, "decision:launch", self.clock.now(),
-                               reason=f"elastic add-workers {count}")
+                               reason=f"elastic add-workers {count}"
+                               + (f" --class {cls}" if cls else ""))
         return self._launch(members, new, None)
 
     def drain_workers(self, count: int) -> list[str]:

@@ -43,6 +43,7 @@ def resolve_with_state(spec: Path, state_dir: Path | None, *, lab: bool = False,
         doc.set("hosts", lab_doc["hosts"], lab_doc.where_of("hosts"))
     leases: dict[tuple[str, str], str] = {}
     stored: dict[str, list[int]] = {}
+    classes: dict[str, dict[int, str]] = {}
     name = doc.get("project")
     if state_dir is not None and isinstance(name, str):
         from elastic.state import Store
@@ -53,8 +54,12 @@ def resolve_with_state(spec: Path, state_dir: Path | None, *, lab: bool = False,
                 rec = store.get_project(name)
                 # the autoscaler's (or add-workers') view of its group wins over count:
                 stored = dict((rec.data or {}).get("members", {})) if rec else {}
+                # members added with another class (add-workers --class)
+                classes = {g: {int(i): c for i, c in by_index.items()}
+                           for g, by_index in ((rec.data or {}).get("member_classes")
+                                               or {}).items()} if rec else {}
     project = resolve(doc, display_path(spec), counts={**stored, **(members or {})},
-                      leases=leases)
+                      leases=leases, member_classes=classes)
     return with_controller_key(project, state_dir, make=make_key)
 
 

@@ -16,7 +16,9 @@ __all__ = ["load_project", "load_document", "resolve", "Leases"]
 
 
 def load_project(path: str | Path, *, counts: Mapping[str, int] | None = None,
-                 leases: Leases | None = None) -> Project:
+                 leases: Leases | None = None,
+                 member_classes: Mapping[str, Mapping[int, str]] | None = None) -> Project:
     """Read, merge, substitute, validate and resolve a spec file. Raises ConfigError."""
     doc = load_document(path)
-    return resolve(doc, display_path(Path(path)), counts=counts, leases=leases)
+    return resolve(doc, display_path(Path(path)), counts=counts, leases=leases,
+                   member_classes=member_classes)

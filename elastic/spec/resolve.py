@@ -31,19 +31,24 @@ Leases = Mapping[tuple[str, str], str]
 
 
 Members = Mapping[str, "int | Sequence[int]"]
+MemberClasses = Mapping[str, Mapping[int, str]]
 
 
 def resolve(doc: SMap, source: str, *, counts: Members | None = None,
-            leases: Leases | None = None) -> m.Project:
+            leases: Leases | None = None,
+            member_classes: MemberClasses | None = None) -> m.Project:
     """The resolved project of a raw document.
 
     ``counts`` overrides the ``count`` of node groups (the autoscaler's view of a group): a
     number (members index_start..) or the exact member indices (worker2 removed from worker1..3
     leaves [1, 3]);
     ``leases`` are addresses handed out before, kept so that nodes keep their addresses when
-    the file changes around them.
+    the file changes around them;
+    ``member_classes`` gives single members of a group another class than the group's
+    (`elastic add-workers --class big`): group -> {index: class}. The group's own settings
+    still apply on top, as they do over its class.
     """
-    return _Resolver(doc, source, counts or {}, leases or {}).run()
+    return _Resolver(doc, source, counts or {}, leases or {}, member_classes or {}).run()
 
 
 def _w(mapping: Any, key: str) -> Where | None:
@@ -94,10 +99,12 @@ class _Node:
 
 
 class _Resolver:
-    def __init__(self, doc: SMap, source: str, counts: Members, leases: Leases) -> None:
+    def __init__(self, doc: SMap, source: str, counts: Members, leases: Leases,
+                 member_classes: MemberClasses | None = None) -> None:
         self.doc = doc
         self.source = source
         self.counts = counts
+        self.member_classes = member_classes or {}
         self.leases = leases
         self.problems = Problems()
 
@@ -316,27 +323,50 @@ class _Resolver:
             assert isinstance(raw, SMap) or raw is None
             raw = raw if isinstance(raw, SMap) else SMap(where=gwhere)
             self.groups[group] = blk
-            chain: tuple[str, ...] = ()
-            base = SMap(where=gwhere)
-            if blk.class_ is not None:
-                if blk.class_ not in self.class_chain:
-                    if blk.class_ not in self.section("classes"):
-                        self.problems.add(f"unknown class '{blk.class_}'"
-                                          + did_you_mean(blk.class_, self.class_chain),
-                                          raw.where_of("class"), f"{key}.class")
-                    continue
-                chain = self.class_chain[blk.class_]
-                base = self.class_raw[blk.class_]
-            merged = deep_merge(base, _without(raw, s.NODE_ONLY_KEYS))
-            settings = validate_block(s.SettingsBlock, merged, key, self.problems, gwhere)
-            if settings is None:
+
+            def settings_of(cls: str | None, cwhere: Where | None, ckey: str, *,
+                            raw: SMap = raw, key: str = key, gwhere: Where | None = gwhere):
+                """(class chain, merged raw, settings) of the group with class ``cls``."""
+                chain: tuple[str, ...] = ()
+                base = SMap(where=gwhere)
+                if cls is not None:
+                    if cls not in self.class_chain:
+                        if cls not in self.section("classes"):
+                            self.problems.add(f"unknown class '{cls}'"
+                                              + did_you_mean(cls, self.class_chain), cwhere,
+                                              ckey)
+                        return None
+                    chain = self.class_chain[cls]
+                    base = self.class_raw[cls]
+                merged = deep_merge(base, _without(raw, s.NODE_ONLY_KEYS))
+                settings = validate_block(s.SettingsBlock, merged, key, self.problems, gwhere)
+                if settings is None:
+                    return None
+                if settings.image is None:
+                    via = f" (its classes: {' -> '.join(chain)})" if chain else ""
+                    self.problems.add(f"no image: set image: in the node or in a class it "
+                                      f"inherits{via}", gwhere, f"{key}.image")
+                return chain, merged, settings
+
+            own = settings_of(blk.class_, raw.where_of("class"), f"{key}.class")
+            if own is None:
                 continue
-            if settings.image is None:
-                via = f" (its classes: {' -> '.join(chain)})" if chain else ""
-                self.problems.add(f"no image: set image: in the node or in a class it "
-                                  f"inherits{via}", gwhere, f"{key}.image")
+            overrides = self.member_classes.get(group, {})
             names = self._names(group, blk, raw, gwhere)
-            hosts = self._spread(group, blk, settings, raw, len(names))
+            hosts = self._spread(group, blk, own[2], raw, len(names))
+            variants: dict[str, Any] = {}
+            for index in sorted({i for _n, i in names if i in overrides}):
+                cls = overrides[index]
+                if cls in variants:
+                    continue
+                if cls not in self.class_chain:
+                    self.problems.add(
+                        f"members of {group} were added with class '{cls}' (elastic "
+                        "add-workers --class), which the spec does not have any more: put the "
+                        "class back, or remove those workers first", gwhere, key)
+                    variants[cls] = None
+                    continue
+                variants[cls] = settings_of(cls, gwhere, key)
             for (name, index), host in zip(names, hosts):
                 if not _HOSTNAME_RE.match(name):
                     self.problems.add(f"'{name}' is not a valid host name (letters, digits and "
@@ -348,7 +378,9 @@ class _Resolver:
                                       f" ({owhere})", gwhere, key)
                     continue
                 seen[name.lower()] = (group, gwhere)
-                node = _Node(name, group, index, chain, settings, merged, host, where=gwhere)
+                n_chain, n_merged, n_settings = variants.get(overrides.get(index)) or own
+                node = _Node(name, group, index, n_chain, n_settings, n_merged, host,
+                             where=gwhere)
                 node.ifaces = self._interfaces(node, key)
                 nodes.append(node)
         return nodes

@@ -9,10 +9,10 @@ import pytest
 
 from elastic.clock import FakeClock
 from elastic.engine.autoscale import Autoscaler
-from elastic.errors import TransientError
+from elastic.errors import ConfigError, TransientError
 from elastic.lifecycle import State, path
 from elastic.model import ExecHost, Job, QueueSnapshot
-from elastic.spec import load_project
+from elastic.engine.projects import resolve_with_state
 from elastic.state import Store
 
 SPEC = """
@@ -20,6 +20,7 @@ project: auto
 networks: {lan: {cidr: 10.0.0.0/24}}
 classes:
   n: {image: tiny, memory: 128M, vcpus: 2, interfaces: {eth0: {network: lan}}}
+  big: {inherit: n, memory: 512M, vcpus: 8}
 nodes:
   head: {class: n}
   worker: {class: n, count: 0}
@@ -80,11 +81,9 @@ class FakeFleet:
         self.locked = False          # another process holds the project (resume gives way)
 
     def project(self, members):
-        with Store.open(self.state) as store:
-            rec = store.get_project("auto")
-            stored = (rec.data or {}).get("members", {}) if rec else {}
-        counts = {**stored, **({"worker": members} if members is not None else {})}
-        return load_project(self.spec, counts=counts)
+        # as the real fleet: the spec with the DB's members and member classes
+        return resolve_with_state(self.spec, self.state,
+                                  members=None if members is None else {"worker": members})
 
     def room(self, members, limit):
         return min(self._room, limit)
@@ -221,6 +220,24 @@ def test_workers_that_boot_but_never_join_trip_the_breaker(world, tmp_path):
     assert launches == 2                       # then the breaker stops it
     (why,) = memory["breakers"].values()
     assert "2 consecutive launch failures" in why and "did not join" in why
+
+
+def test_add_workers_of_another_class(world):
+    scaler, batch, fleet, clock, state = world
+    scaler.add_workers(1)
+    scaler.add_workers(2, "big")
+    nodes = {n.name: n for n in fleet.project(None).nodes if n.group == "worker"}
+    assert {n: (x.memory, x.vcpus, x.classes) for n, x in nodes.items()} == {
+        "worker1": (128, 2, ("n",)), "worker2": (512, 8, ("big", "n")),
+        "worker3": (512, 8, ("big", "n"))}
+    with pytest.raises(ConfigError, match="unknown class 'bgi'.*did you mean 'big'"):
+        scaler.add_workers(1, "bgi")
+    # a removed member's class goes with it: its index comes back with the group's class
+    with Store.open(state) as store:
+        scaler._save(store, members=[1, 3], group="worker")
+    scaler.add_workers(1)
+    nodes = {n.name: n for n in fleet.project(None).nodes if n.group == "worker"}
+    assert nodes["worker2"].classes == ("n",) and nodes["worker3"].classes == ("big", "n")
 
 
 def test_idle_workers_are_drained_then_removed_but_a_busy_one_is_kept(world):

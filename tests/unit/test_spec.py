@@ -245,3 +245,23 @@ nodes:
     p = load_project(path, counts={"w": [1, 3, 4]}, leases=leases)
     assert [(n.name, n.index, n.interface("eth0").address) for n in p.nodes] == \
         [("w1", 1, "10.0.0.1"), ("w3", 3, "10.0.0.3"), ("w4", 4, "10.0.0.2")]
+
+
+def test_single_members_may_have_another_class(write):
+    path = write("c.yaml", """
+project: members
+networks: {lan: {cidr: 10.0.0.0/24}}
+classes:
+  small: {image: tiny, memory: 128M}
+  big: {inherit: small, memory: 1G, vcpus: 4}
+nodes:
+  w: {class: small, count: 3, vcpus: 2, interfaces: {eth0: {network: lan}}}
+""")
+    p = load_project(path, member_classes={"w": {2: "big"}})
+    assert [(n.name, n.classes, n.memory, n.vcpus) for n in p.nodes] == [
+        ("w1", ("small",), 128, 2), ("w2", ("big", "small"), 1024, 2),  # the group's vcpus win
+        ("w3", ("small",), 128, 2)]
+    with pytest.raises(ConfigError) as e:
+        load_project(path, member_classes={"w": {2: "huge"}})
+    assert "members of w were added with class 'huge'" in str(e.value)
+    assert "c.yaml:7: nodes.w:" in str(e.value)
