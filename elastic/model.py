@@ -265,3 +265,27 @@ class QueueSnapshot:
     @property
     def pending_slots(self) -> int:
         return sum(j.pending_slots for j in self.pending)
+
+
+@dataclass(frozen=True)
+class CloudInstance:
+    """One cloud instance as its provider reported it. ``state`` is the provider's word
+    (EC2: pending, running, stopping, stopped, shutting-down, terminated); ``node`` is the
+    node name elastic tagged it with (None: not tagged); ``launched_at`` is epoch seconds;
+    ``tags`` are all its tags."""
+
+    id: str
+    node: str | None
+    state: str
+    instance_type: str
+    zone: str | None = None
+    private_ip: str | None = None
+    public_ip: str | None = None
+    launched_at: float = 0.0
+    spot: bool = False
+    tags: dict[str, str] = field(default_factory=dict, hash=False)
+
+    @property
+    def live(self) -> bool:
+        """Booting or running: neither stopped nor on its way out."""
+        return self.state in ("pending", "running")
