@@ -125,6 +125,27 @@ def workers(state: Path, project: str) -> dict[str, str]:
             if n["name"].startswith("worker")}
 
 
+DIAGNOSE: list = []      # (head, state, project) of the test running now: what to show on failure
+
+
+def diagnosis() -> str:
+    out = []
+    for head, state, project in DIAGNOSE[-1:]:
+        for cmd in ("qstat -f -u '*'", "qhost -q", "qacct -j '*' | grep -E "
+                    "'^(jobnumber|hostname|exit_status|failed|start_time|end_time)' | tail -40"):
+            try:
+                out.append(f"$ {cmd}\n{head.sh(cmd + ' 2>&1 || true')}")
+            except Exception as e:   # noqa: BLE001 - a diagnosis must not fail
+                out.append(f"$ {cmd}\n({e})")
+        try:
+            nodes = status(state, project)["nodes"]
+            out.append("nodes: " + ", ".join(f"{n['name']} {n['state']} ({n['reason'][:80]})"
+                                             for n in nodes))
+        except Exception as e:       # noqa: BLE001
+            out.append(f"status: {e}")
+    return "\n".join(out)
+
+
 def wait_for(what: str, check, timeout: float, log: Path | None = None, every: float = 1.0):
     deadline = time.monotonic() + timeout
     while True:
@@ -132,8 +153,9 @@ def wait_for(what: str, check, timeout: float, log: Path | None = None, every: f
         if value:
             return value
         if time.monotonic() > deadline:
-            tail = log.read_text()[-4000:] if log and log.exists() else ""
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}\n{tail}")
+            tail = log.read_text()[-6000:] if log and log.exists() else ""
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}\n"
+                                 f"{diagnosis()}\n--- the autoscaler's log:\n{tail}")
         time.sleep(every)
 
 
@@ -149,6 +171,7 @@ def sge_cluster(lab, tmp_path_factory):
     spec = lab_spec(tmp, lab, "sgeauto", head_lan="10.77.0.24", cidr_octet=21)
     elastic(state, "up", str(spec), timeout=600)
     head = Head(state, "sgeauto", "10.77.0.24")
+    DIAGNOSE.append((head, state, "sgeauto"))
     try:
         head.wait_ready()
         yield state, spec, head, tmp
@@ -165,7 +188,14 @@ def test_twelve_short_jobs_grow_the_cluster_which_then_shrinks_back(sge_cluster,
     jobs = head.qsub(3, count=12)
     seen_workers: set[str] = set()
     most = 0
-    with autoscaler(state, spec, log):
+    with autoscaler(state, spec, log) as daemon:
+        # a second autoscaler on the same project is refused, and changes nothing
+        wait_for("the autoscaler's first tick", lambda: "waiting" in log.read_text(), 60, log,
+                 every=0.5)
+        second = elastic(state, "autoscale", "--once", str(spec), check=False, timeout=120)
+        assert second.returncode == 1, second.stdout + second.stderr
+        assert f"locked by another elastic process (pid {daemon.pid}" in second.stderr
+
         def all_done():
             now = workers(state, "sgeauto")
             seen_workers.update(now)
@@ -279,6 +309,7 @@ def test_a_worker_that_never_joins_is_replaced_until_the_breaker_trips(lab, tmp_
     log = tmp_path / "autoscale.log"
     elastic(state, "up", str(spec), timeout=600)
     head = Head(state, "sgebroken", "10.77.0.25")
+    DIAGNOSE.append((head, state, "sgebroken"))
     try:
         head.wait_ready()
         head.qsub(1)
