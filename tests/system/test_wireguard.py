@@ -8,6 +8,7 @@ import os
 import shutil
 import stat
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -78,3 +79,41 @@ def test_a_peer_reaches_the_hub_over_the_overlay_while_it_is_a_peer(pair):
     # down: the interface and its userspace process are gone
     hub.down()
     assert not hub.exists() and not hub.socket.exists()
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_a_cloud_node_brings_its_tunnel_up_from_its_context(pair, tmp_path):
+    """contextualization/elastic-vpn.sh, as a cloud node's user-data runs it."""
+    hub, peer, hub_ns, peer_ns, keys = pair
+    hub_key, hub_pub = keys.pair("hub")
+    node_key, node_pub = keys.pair("worker9")
+    hub.up(private_key=hub_key, address="10.250.8.1/24", port=51820)
+    hub.add_peer(node_pub, ["10.250.8.7/32"])
+    ctx = tmp_path / "context.sh"
+    ctx.write_text(
+        "VPN_TYPE=wireguard\nVPN_ADDRESS=10.250.8.7/24\n"
+        f"VPN_PRIVATE_KEY='{keys.private('worker9')}'\n"
+        f"VPN_HUB_PUBLIC_KEY='{hub_pub}'\nVPN_HUB_ENDPOINT=172.31.250.1:51820\n"
+        f"VPN_ROUTES='10.77.99.0/24 10.20.99.0/24'\nVPN_IFNAME={peer.ifname}\nVPN_WAIT=20\n")
+    script = ROOT / "contextualization" / "elastic-vpn.sh"
+    r = run(["sh", str(script), str(ctx)], netns=peer_ns, timeout=60, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.startswith("ELASTIC-VPN-UP 10.250.8.7 ")
+    assert keys.private("worker9") not in r.stdout + r.stderr       # the key is never shown
+    routes = run(["ip", "route"], netns=peer_ns, timeout=10).stdout
+    for net_ in ("10.77.99.0/24", "10.20.99.0/24"):
+        assert f"{net_} dev {peer.ifname}" in routes
+    assert _ping(hub_ns, "10.250.8.7")
+    (seen,) = hub.peers()
+    assert seen.public_key == node_pub and seen.latest_handshake > 0
+    # again: idempotent
+    r = run(["sh", str(script), str(ctx)], netns=peer_ns, timeout=60, check=False)
+    assert r.returncode == 0 and "ELASTIC-VPN-UP" in r.stdout, r.stdout + r.stderr
+    # a hub that does not know the node: a clear failure, not a hang
+    hub.remove_peer(node_pub)
+    ctx.write_text(ctx.read_text().replace("VPN_WAIT=20", "VPN_WAIT=3"))
+    r = run(["sh", str(script), str(ctx)], netns=peer_ns, timeout=60, check=False)
+    assert r.returncode == 1
+    assert "ELASTIC-VPN-FAILED the hub 10.250.8.1 does not answer" in r.stdout
