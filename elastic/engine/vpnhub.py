@@ -1,0 +1,160 @@
+"""The VPN hub of a project's cloud: one WireGuard interface, one peer per cloud node, kept in
+line with the state DB (the DB says which cloud nodes exist; the interface follows).
+
+    hub = Hub("sgelab", "ec2", cloud_spec.vpn, state_dir, netns="elastic-front")
+    hub.ensure()                                  # keys, interface, forwarding: idempotent
+    with Store.open(state_dir) as store:
+        vpn = hub.enroll(store, "worker5")        # overlay address leased, key made, peer added
+        ...launch the instance with vpn.context() in its user-data...
+        hub.retire(store, "worker5")              # after it is terminated
+        hub.reconcile(store)                      # after a crash: peers == cloud nodes in the DB
+
+The overlay address plan (``vpn.overlay``): the hub has the first host address, cloud nodes
+lease the next free ones in the state DB under the network name ``vpn:<cloud>``, like any
+other address (released with the node).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from elastic.adapters.run import run
+from elastic.adapters.vpn import KeyStore, WireGuard, overlay_addresses
+from elastic.clock import Clock, SystemClock
+from elastic.errors import PermanentError
+from elastic.lifecycle import State
+from elastic.state import Store
+
+KEEPALIVE = 25
+
+
+def overlay_network(cloud: str) -> str:
+    return f"vpn:{cloud}"
+
+
+def hub_ifname(project: str, cloud: str) -> str:
+    """A name unique on the machine (wireguard-go's control sockets are machine-wide): 'ewg'
+    and a short hash of project and cloud, 11 characters."""
+    digest = hashlib.sha256(f"{project}/{cloud}".encode()).hexdigest()[:8]
+    return f"ewg{digest}"
+
+
+@dataclass(frozen=True)
+class Enrolment:
+    """What a cloud node needs to bring its tunnel up (``contextualization/elastic-vpn.sh``)."""
+
+    node: str
+    address: str           # overlay address with prefix, 10.250.0.5/24
+    private_key: str
+    hub_public_key: str
+    hub_endpoint: str      # host:port the node reaches the hub at
+    routes: tuple[str, ...]
+    mtu: int
+
+    def context(self) -> dict[str, str]:
+        """The ``VPN_*`` context variables (hold the private key: never log them)."""
+        return {"VPN_TYPE": "wireguard", "VPN_ADDRESS": self.address,
+                "VPN_PRIVATE_KEY": self.private_key, "VPN_HUB_PUBLIC_KEY": self.hub_public_key,
+                "VPN_HUB_ENDPOINT": self.hub_endpoint, "VPN_ROUTES": " ".join(self.routes),
+                "VPN_MTU": str(self.mtu), "VPN_KEEPALIVE": str(KEEPALIVE)}
+
+    def __repr__(self) -> str:   # never the key
+        return f"Enrolment({self.node}, {self.address}, hub {self.hub_endpoint})"
+
+
+class Hub:
+    def __init__(self, project: str, cloud: str, vpn, state_dir: Path, *,
+                 endpoint: str, routes: tuple[str, ...] = (), netns: str | None = None,
+                 wireguard: Callable[..., WireGuard] = WireGuard,
+                 clock: Clock | None = None) -> None:
+        if vpn.type != "wireguard":
+            raise PermanentError(f"clouds.{cloud}.vpn.type {vpn.type}: only wireguard is built "
+                                 "so far")
+        self.project, self.cloud, self.vpn = project, cloud, vpn
+        self.endpoint = endpoint          # host:port as the cloud nodes see the hub
+        self.routes = tuple(routes)
+        self.netns = netns
+        self.keys = KeyStore(Path(state_dir) / "vpn" / project)
+        self.wg = wireguard(hub_ifname(project, cloud), netns=netns,
+                            log_dir=Path(state_dir) / "vpn")
+        self.clock = clock or SystemClock()
+        self.hub_address, self._peer_addresses = overlay_addresses(vpn.overlay)
+        self.prefix = ipaddress.ip_network(vpn.overlay).prefixlen
+
+    # ------------------------------------------------------------------------ the hub
+    def ensure(self) -> str:
+        """Keys, the interface with the hub's overlay address and port, forwarding on.
+        Idempotent. Returns the hub's public key."""
+        key, public = self.keys.pair("hub")
+        self.wg.up(private_key=key, address=f"{self.hub_address}/{self.prefix}",
+                   port=self.vpn.port, mtu=self.vpn.mtu)
+        run(["sysctl", "-qw", "net.ipv4.ip_forward=1"], netns=self.netns, timeout=10)
+        return public
+
+    # ---------------------------------------------------------------------- the peers
+    def enroll(self, store: Store, node: str) -> Enrolment:
+        """Before a cloud node is launched: its overlay address (leased), its key pair, and
+        its peer on the hub. The node's record must exist. Idempotent."""
+        address = self._lease(store, node)
+        _key, public = self.keys.pair(_key_name(node))
+        self.wg.add_peer(public, [f"{address}/32"])
+        return Enrolment(node, f"{address}/{self.prefix}", self.keys.private(_key_name(node)),
+                         self.keys.pair("hub")[1], self.endpoint, self.routes, self.vpn.mtu)
+
+    def retire(self, store: Store, node: str) -> None:
+        """After a cloud node is gone: its peer off the hub, its key forgotten. (Its overlay
+        address goes with the node's other leases when the node is released.)"""
+        name = _key_name(node)
+        if self.keys.path(name).exists():
+            self.wg.remove_peer(self.keys.public(name))
+            self.keys.forget(name)
+
+    def reconcile(self, store: Store) -> tuple[list[str], list[str]]:
+        """Make the hub's peers exactly the live cloud nodes of the DB: (added, removed)."""
+        want: dict[str, str] = {}
+        for rec in store.list_nodes(self.project):
+            if rec.site == self.cloud and rec.state not in (State.DONE,) \
+                    and self.keys.path(_key_name(rec.name)).exists():
+                want[self.keys.public(_key_name(rec.name))] = rec.name
+        have = {p.public_key for p in self.wg.peers()}
+        added, removed = [], []
+        for public, node in sorted(want.items(), key=lambda kv: kv[1]):
+            if public not in have:
+                self.enroll(store, node)
+                added.append(node)
+        for public in sorted(have - set(want)):
+            self.wg.remove_peer(public)
+            removed.append(public[:8] + "...")
+        return added, removed
+
+    def _lease(self, store: Store, node: str) -> str:
+        network = overlay_network(self.cloud)
+        held = {lease.address: lease.node for lease in store.leases(self.project, network)}
+        mine = next((a for a, n in held.items() if n == node), None)
+        if mine:
+            return mine
+        for address in self._peer_addresses:
+            if address not in held:
+                store.lease(self.project, network, address, node, "vpn0",
+                            _overlay_mac(address), self.clock.now())
+                return address
+        raise PermanentError(f"the VPN overlay {self.vpn.overlay} of clouds.{self.cloud} is "
+                             f"full: make clouds.{self.cloud}.vpn.overlay larger")
+
+
+def _key_name(node: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]*", node):
+        raise ValueError(f"not a node name: {node!r}")
+    return f"node-{node}"
+
+
+def _overlay_mac(address: str) -> str:
+    """Leases carry a MAC; a tunnel has none, so a locally administered one from the address
+    (prefix 02:57, 'W'), which cannot clash with the nodes' 02:00 MACs."""
+    octets = [int(o) for o in address.split(".")]
+    return "02:57:" + ":".join(f"{o:02x}" for o in octets)
