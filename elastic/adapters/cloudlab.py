@@ -16,9 +16,13 @@ namespace on a "public" bridge that runs the instance's user-data as root.
 
 Both also run as one daemon (for `elastic lab up --cloud`, which must outlive the CLI):
 
-    python -m elastic.adapters.cloudlab DIR --bridge-netns NS --bridge BR [--gateway IP]
-    # writes DIR/cloud.json {"endpoint", "moto_endpoint", "pid"} once it answers;
-    # SIGTERM stops it (and removes its namespaces)
+    info = start_daemon(DIR, bridge_netns="elastic-lan", bridge="lan0")  # kept if running
+    info["endpoint"]                                  # also in DIR/cloud.json for others
+    set_knobs(DIR, throttle=3)                        # from any process
+    stop_daemon(DIR)                                  # SIGTERM; leftover namespaces removed
+
+    # that is: python -m elastic.adapters.cloudlab DIR --bridge-netns NS --bridge BR
+    #          [--gateway IP] [--cidr CIDR] [--region R ...]   (log: DIR/cloud.log)
 
 Instances. An instance that moto says is ``running`` becomes, within a poll (0.5 s):
 
@@ -31,7 +35,8 @@ Instances. An instance that moto says is ``running`` becomes, within a poll (0.5
   (a ``#!`` line picks the interpreter; gzip is unpacked; ``#cloud-config`` is refused)
   by ``ip netns exec NS unshare --uts --mount``: its own hostname (tag Name, else
   elastic:node, else the id), its own /etc/hosts, a private tmpfs on /run/wireguard (so
-  that every instance can have its own ``wg0`` with wireguard-go), a clean environment.
+  that every instance can have its own ``wg0`` with wireguard-go), a clean environment
+  (PATH, HOME=/root and ELASTIC_INSTANCE_ID); its stdin is /dev/null.
 - its console, ``DIR/instances/<id>/console.log``: what the agent did and what the
   user-data printed.
 
@@ -930,6 +935,114 @@ def _which(name: str) -> str | None:
 
 
 # ------------------------------------------------------------------------------ daemon
+
+def daemon_info(directory: Path) -> dict[str, Any] | None:
+    """``DIR/cloud.json`` ({"endpoint", "moto_endpoint", "pid"}) if its process is alive."""
+    try:
+        info = json.loads((Path(directory) / INFO_FILE).read_text())
+        pid = int(info["pid"])
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return None
+    return None if _gone(pid) else dict(info)
+
+
+def start_daemon(directory: Path, *, bridge_netns: str, bridge: str,
+                 cidr: str = DEFAULT_CIDR, gateway: str | None = None,
+                 regions: tuple[str, ...] = DEFAULT_REGIONS,
+                 timeout: float = 30.0) -> dict[str, Any]:
+    """Run the cloud and its agent as a daemon (``python -m elastic.adapters.cloudlab``,
+    its log in DIR/cloud.log) and return its ``cloud.json`` once it answers. One that runs
+    already on DIR is kept (its info is returned)."""
+    directory = Path(os.path.abspath(directory))
+    info = daemon_info(directory)
+    if info is not None:
+        return info
+    directory.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-m", "elastic.adapters.cloudlab", str(directory),
+            "--bridge-netns", bridge_netns, "--bridge", bridge, "--cidr", cidr]
+    if gateway:
+        argv += ["--gateway", gateway]
+    for r in regions:
+        argv += ["--region", r]
+    proc = spawn(argv, log_file=directory / "cloud.log")
+    deadline = time.monotonic() + timeout
+    while True:
+        info = daemon_info(directory)
+        if info is not None and info.get("pid") == proc.pid:
+            return info
+        if proc.poll() is not None:
+            raise CloudLabError(f"the local cloud exited {proc.returncode} at start: "
+                                + _tail(directory / "cloud.log"))
+        if time.monotonic() > deadline:
+            _stop_pid(proc.pid, 5.0)
+            raise TransientError(f"the local cloud did not start in {timeout:g} s: "
+                                 + _tail(directory / "cloud.log"))
+        time.sleep(0.1)
+
+
+def stop_daemon(directory: Path, timeout: float = 30.0) -> None:
+    """Stop the daemon on DIR (SIGTERM, SIGKILL after ``timeout``) and remove every
+    namespace recorded in DIR that is still there. Idempotent."""
+    directory = Path(os.path.abspath(directory))
+    info = daemon_info(directory)
+    if info is not None:
+        _stop_pid(int(info["pid"]), timeout)
+        with contextlib.suppress(FileNotFoundError):
+            (directory / INFO_FILE).unlink()
+    remove_namespaces(directory)
+
+
+def remove_namespaces(directory: Path) -> list[str]:
+    """Kill the processes of, and remove, every namespace recorded in DIR/instances (for
+    after an agent that was killed). Returns the namespaces removed."""
+    removed = []
+    inst = Path(directory) / "instances"
+    for rec_file in sorted(inst.glob("*/instance.json")) if inst.is_dir() else ():
+        try:
+            rec = json.loads(rec_file.read_text())
+            ns = rec["netns"]
+        except (ValueError, KeyError, OSError):
+            continue
+        if not ns.startswith(NETNS_PREFIX) or not os.path.lexists(net.netns_path(ns)):
+            continue
+        net.kill_netns_pids(ns)
+        if rec.get("bridge_netns") and rec.get("veth"):
+            net.delete_link(rec["veth"], ns=rec["bridge_netns"])
+        net.delete_netns(ns)
+        removed.append(ns)
+    return removed
+
+
+def _stop_pid(pid: int, timeout: float) -> None:
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if _gone(pid):
+                return
+            time.sleep(0.05)
+    raise TransientError(f"the local cloud (pid {pid}) did not exit after SIGKILL")
+
+
+def _gone(pid: int) -> bool:
+    """Has ``pid`` exited? (A zombie has; it is reaped if it is our child.)"""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return True
+
+
+def _tail(path: Path, lines: int = 10) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()[-lines:]
+    except FileNotFoundError:
+        return f"(no log at {path})"
+    return " | ".join(text) or f"({path} is empty)"
+
 
 def main(argv: list[str] | None = None) -> int:
     """Run a LocalCloud and its CloudAgent in this process until SIGTERM/SIGINT."""

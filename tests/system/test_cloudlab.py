@@ -272,7 +272,8 @@ def test_a_restarted_agent_adopts_running_instances_and_removes_gone_ones(
         agent.start()
         wait_for("the gone one removed",
                  lambda: not net.netns_exists(cloudlab.instance_netns(gone)))
-        assert agent.made() == {keep: cloudlab.instance_netns(keep)} or keep in agent.made()
+        assert agent.made().get(keep) == cloudlab.instance_netns(keep)
+        assert gone not in agent.made()
         time.sleep(0.5)
         assert agent.console(keep).count("BOOTED-6") == 1   # not booted twice
         assert "adopted" in agent.console(keep)
@@ -302,3 +303,30 @@ def test_the_provider_fails_over_to_the_next_type_and_the_instance_is_real(ec2, 
     provider.terminate([inst.id])
     wait_for("its namespace gone", lambda: not net.netns_exists(cloudlab.instance_netns(inst.id)))
     assert provider.instances() == []
+
+
+def test_the_daemon_serves_other_processes_and_stops_clean(tmp_path, segment, ami):
+    inet, _ = segment
+    directory = tmp_path / "daemon"
+    ns = None
+    try:
+        info = cloudlab.start_daemon(directory, bridge_netns=inet, bridge="pub0", gateway=HUB)
+        assert cloudlab.start_daemon(directory, bridge_netns=inet, bridge="pub0") == info
+        assert info["endpoint"].startswith("http://127.0.0.1:") and info["pid"] != os.getpid()
+        client = cloudlab.ec2_client(info["endpoint"], REGION)
+        cloudlab.set_knobs(directory, insufficient_capacity={"types": ["t3.small"]})
+        with pytest.raises(ClientError) as e:
+            client.run_instances(ImageId=ami, MinCount=1, MaxCount=1, InstanceType="t3.small")
+        assert e.value.response["Error"]["Code"] == "InsufficientInstanceCapacity"
+        iid = client.run_instances(ImageId=ami, MinCount=1, MaxCount=1, InstanceType="t3.large",
+                                   UserData=user_data(tmp_path, "BOOTED-8"))[
+            "Instances"][0]["InstanceId"]
+        console = directory / "instances" / iid / "console.log"
+        wait_for("the marker", lambda: console.exists() and "BOOTED-8" in console.read_text())
+        ns = cloudlab.instance_netns(iid)
+        assert net.netns_exists(ns)
+    finally:
+        cloudlab.stop_daemon(directory)
+    assert cloudlab.daemon_info(directory) is None
+    assert ns is not None and not net.netns_exists(ns)
+    assert "removed elastic-c-" in console.read_text()     # the daemon cleaned up itself
