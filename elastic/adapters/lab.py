@@ -23,6 +23,16 @@ Layout (``root`` = ``<state_dir>/lab``; everything the lab owns lives there or i
 Each bridge has STP off and forward delay 0, and carries an alias naming the lab's root, so
 that a second lab (another state dir) is refused instead of silently taking over.
 
+With ``cloud=True`` (`elastic lab up --cloud`) the lab also has a local EC2:
+
+    elastic-inet  the "internet": bridge inet0 (172.31.0.0/16, moto's default subnets); every
+                  cloud instance is a namespace elastic-c-<id> on it (elastic.adapters.cloudlab)
+    elastic-front gets a second leg there, eth1 = 172.31.255.254/16: the instances' gateway and
+                  where they reach the VPN hub; it forwards between the LAN and the internet
+    root/cloud    moto's EC2 server and a fault-injecting proxy on 127.0.0.1 (the endpoint:
+                  ``LabInfo.cloud_endpoint``) and the agent that makes instances real, as a
+                  daemon; knobs in root/cloud/knobs.json
+
 The pure parts (names, addresses, rendered files) are module functions, tested without root.
 """
 
@@ -46,7 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from elastic.adapters import net
-from elastic.adapters.run import CommandMissing, spawn
+from elastic.adapters.run import CommandMissing, run, spawn
 from elastic.errors import ConfigError, PermanentError, TransientError
 
 Progress = Callable[[str], None]
@@ -61,6 +71,12 @@ FRONT_NETNS = "elastic-front"
 FRONT_PORT = "port-front"    # its end on lan0
 FRONT_IF = "eth0"
 FRONT_ADDRESS = "10.77.0.2"
+INET_NETNS = "elastic-inet"  # the lab's "internet", where cloud instances live (--cloud)
+INET_BRIDGE = "inet0"
+INET_CIDR = "172.31.0.0/16"
+FRONT_INET_IF = "eth1"       # the front end's leg on it
+FRONT_INET_PORT = "port-inet"
+FRONT_INET_ADDRESS = "172.31.255.254"
 HOST_BRIDGE = "br0"          # each host's uplink bridge; guests of `bridged` networks join it
 HOST_PORT = "eth0"           # the host's "NIC": its end of the veth pair to the LAN switch
 HOST_OFFSET = 10             # host i gets LAN address .10+i
@@ -104,6 +120,7 @@ class LabInfo:
     hosts_file: Path
     front_netns: str = FRONT_NETNS
     front_address: str = FRONT_ADDRESS
+    cloud_endpoint: str | None = None       # the local EC2 (lab up --cloud), when it runs
 
 
 def host_name(i: int) -> str:
@@ -466,7 +483,8 @@ class Lab:
 
     # -- ownership: namespaces of this lab, of no lab (half made), or of another lab
     def _owner(self, ns: str) -> str | None:
-        link = {LAN_NETNS: LAN_BRIDGE, FRONT_NETNS: FRONT_IF}.get(ns, HOST_BRIDGE)
+        link = {LAN_NETNS: LAN_BRIDGE, FRONT_NETNS: FRONT_IF,
+                INET_NETNS: INET_BRIDGE}.get(ns, HOST_BRIDGE)
         info = net.link_info(link, ns=ns)
         return info["alias"] if info else None
 
@@ -689,7 +707,7 @@ class Lab:
 
     # -- public
     def up(self, hosts: int | None = None, *, memory_mib: int | None = None,
-           progress: Progress | None = None) -> LabInfo:
+           progress: Progress | None = None, cloud: bool | None = None) -> LabInfo:
         """Make the lab (or finish a half-made one): ``hosts`` hosts (default: as before, or
         2), each with ``memory_mib`` of capacity (default: as before, or a share of the
         machine). Healthy hosts are kept, missing ones made, dead libvirtds restarted, hosts
@@ -703,12 +721,14 @@ class Lab:
         check_hosts(hosts)
         if memory_mib is None and settings:
             memory_mib = settings[1]
+        if cloud is None:   # as before
+            cloud = bool(self._load().get("cloud"))
         if memory_mib is not None and (isinstance(memory_mib, bool) or memory_mib < 128):
             raise ConfigError(f"a lab host needs at least 128 MiB, not {memory_mib!r}",
                               key="memory")
         planned = self._plan(hosts, memory_mib)
         extra = sorted(i for i in self._existing_host_indexes() if i > hosts)
-        for ns in (LAN_NETNS, FRONT_NETNS, *(h.netns for h in planned),
+        for ns in (LAN_NETNS, FRONT_NETNS, INET_NETNS, *(h.netns for h in planned),
                    *map(host_netns, extra)):
             self._check_ours(ns)  # before making anything
         with self._locked():
@@ -718,7 +738,8 @@ class Lab:
                     raise PermanentError(
                         f"lab host {host_name(i)} still has domains ({', '.join(doms)}): "
                         f"remove them before shrinking the lab to {hosts} hosts")
-            self._save({"version": 1, "hosts": hosts, "memory_mib": memory_mib})
+            self._save({"version": 1, "hosts": hosts, "memory_mib": memory_mib,
+                        "cloud": cloud})
             for i in extra:
                 self._remove_host(i, say)
 
@@ -746,6 +767,10 @@ class Lab:
             self._wait_answering(to_start, say, started)
             self._warm_up(to_start, say)
             self._write_hosts_yaml(planned)
+            if cloud:
+                self._make_cloud(say)
+            else:
+                self._remove_cloud(say)
         info = self.status()
         dead = [h.name for h in info.hosts if not h.alive]
         if dead:
@@ -774,7 +799,8 @@ class Lab:
         for t in threads:
             t.join(self.PROBE_TIMEOUT + 5)
         hosts = tuple(replace(h, alive=alive.get(h.name, False)) for h in planned)
-        return LabInfo(hosts, LAN_NETNS, LAN_CIDR, self.hosts_file)
+        return LabInfo(hosts, LAN_NETNS, LAN_CIDR, self.hosts_file,
+                       cloud_endpoint=self._cloud_endpoint())
 
     def hosts_yaml(self) -> str:
         """The `hosts:` section for this lab, also written to ``root/hosts.yaml``."""
@@ -813,6 +839,7 @@ class Lab:
             self._destroy_domains([host_name(i) for i in indexes], say)
             for i in indexes:
                 self._remove_host(i, say)
+            self._remove_cloud(say)
             front = self._ownership(FRONT_NETNS)
             if front == "other":
                 say(f"leaving {FRONT_NETNS} alone: it belongs to another lab")
@@ -827,7 +854,7 @@ class Lab:
                 say(f"removing the LAN switch {LAN_NETNS}")
                 net.kill_netns_pids(LAN_NETNS)
                 net.delete_netns(LAN_NETNS)
-            left = [ns for ns in (LAN_NETNS, FRONT_NETNS, *map(host_netns, indexes))
+            left = [ns for ns in (LAN_NETNS, FRONT_NETNS, INET_NETNS, *map(host_netns, indexes))
                     if self._ownership(ns) in ("ours", "nobody")]
             if left:
                 raise TransientError(f"namespaces {left} are still there")
@@ -839,11 +866,52 @@ class Lab:
             raise PermanentError(f"could not remove {self.root}")
         say(f"lab down in {time.monotonic() - t0:.1f} s")
 
+    # -- the local cloud (--cloud)
+    @property
+    def cloud_dir(self) -> Path:
+        return self.root / "cloud"
+
+    def _cloud_endpoint(self) -> str | None:
+        from elastic.adapters import cloudlab
+        info = cloudlab.daemon_info(self.cloud_dir)
+        return info["endpoint"] if info else None
+
+    def _make_cloud(self, say: Progress) -> None:
+        from elastic.adapters import cloudlab
+        tag = owner_tag(self.root)
+        prefix = ipaddress.ip_network(INET_CIDR).prefixlen
+        if not net.netns_exists(INET_NETNS):
+            say(f"creating the internet {INET_NETNS} ({INET_CIDR}); the front end is "
+                f"{FRONT_INET_ADDRESS} there")
+        net.create_netns(INET_NETNS)
+        net.add_bridge(INET_BRIDGE, ns=INET_NETNS)
+        net.set_alias(INET_BRIDGE, tag, ns=INET_NETNS)
+        net.add_veth(FRONT_INET_PORT, INET_NETNS, FRONT_INET_IF, FRONT_NETNS,
+                     master=INET_BRIDGE)
+        net.set_address(FRONT_INET_IF, f"{FRONT_INET_ADDRESS}/{prefix}", ns=FRONT_NETNS)
+        run(["sysctl", "-qw", "net.ipv4.ip_forward=1"], netns=FRONT_NETNS, timeout=10)
+        info = cloudlab.start_daemon(self.cloud_dir, bridge_netns=INET_NETNS,
+                                     bridge=INET_BRIDGE, cidr=INET_CIDR,
+                                     gateway=FRONT_INET_ADDRESS)
+        say(f"local EC2 at {info['endpoint']} (moto on loopback, instances are namespaces "
+            f"on {INET_NETNS}); knobs: {self.cloud_dir / 'knobs.json'}")
+
+    def _remove_cloud(self, say: Progress) -> None:
+        from elastic.adapters import cloudlab
+        if cloudlab.daemon_info(self.cloud_dir) is not None or self.cloud_dir.exists():
+            say("stopping the local EC2 and its instances")
+            cloudlab.stop_daemon(self.cloud_dir)
+        if self._ownership(INET_NETNS) in ("ours", "nobody"):
+            net.kill_netns_pids(INET_NETNS)
+            net.delete_netns(INET_NETNS)
+        if net.link_exists(FRONT_INET_IF, ns=FRONT_NETNS):
+            net.delete_link(FRONT_INET_IF, ns=FRONT_NETNS)
+
     # -- building blocks of down
     def _ownership(self, ns: str) -> str | None:
         """None (no such namespace or not a lab name), 'ours', 'nobody' (half made: no tagged
         bridge yet) or 'other' (another lab's)."""
-        if ns not in (LAN_NETNS, FRONT_NETNS) and not _HOST_NETNS_RE.match(ns):
+        if ns not in (LAN_NETNS, FRONT_NETNS, INET_NETNS) and not _HOST_NETNS_RE.match(ns):
             return None
         if not net.netns_exists(ns):
             return None

@@ -462,10 +462,14 @@ def lab() -> None:
 @click.option("--hosts", "count", type=click.IntRange(1, 16), default=None,
               help="How many hosts (default: as many as now, or 2 for a new lab).")
 @click.option("--memory", type=str, default=None, help="Memory per host (e.g. 4G).")
+@click.option("--cloud/--no-cloud", default=None,
+              help="Also run a local EC2 (moto on loopback) whose instances are namespaces "
+                   "on the lab's internet (default: as before).")
 @output_option
 @click.pass_obj
 @handles_errors
-def lab_up(obj: Ctx, count: int | None, memory: str | None, output: str) -> None:
+def lab_up(obj: Ctx, count: int | None, memory: str | None, cloud: bool | None,
+           output: str) -> None:
     """Make (or repair) the lab's hosts; prints the hosts file a project can include."""
     from elastic.adapters.lab import Lab
     from elastic.spec.units import parse_size
@@ -475,7 +479,7 @@ def lab_up(obj: Ctx, count: int | None, memory: str | None, output: str) -> None
             memory_mib = parse_size(memory)
         except ValueError as e:
             raise ConfigError(str(e), key="--memory") from None
-    info = Lab(obj.state_dir / "lab").up(count, memory_mib=memory_mib,
+    info = Lab(obj.state_dir / "lab").up(count, memory_mib=memory_mib, cloud=cloud,
                                          progress=lambda m: obj.err.print(f"[dim]{m}[/dim]"))
     _print_lab(obj, info, output)
 
@@ -505,6 +509,7 @@ def _print_lab(obj: Ctx, info, output: str) -> None:
                       for h in info.hosts],
             "lan": {"netns": info.lan_netns, "cidr": info.lan_cidr},
             "front": {"netns": info.front_netns, "address": info.front_address},
+            "cloud": {"endpoint": info.cloud_endpoint} if info.cloud_endpoint else None,
             "hosts_file": str(info.hosts_file)}
     if output == "json":
         render.print_json(data)
@@ -516,6 +521,9 @@ def _print_lab(obj: Ctx, info, output: str) -> None:
     if info.hosts:
         obj.out.print(f"front end: {info.front_address} in namespace {info.front_netns} (LAN "
                       f"{info.lan_cidr}; `ip netns exec {info.front_netns} ...`)", markup=False)
+    if info.cloud_endpoint:
+        obj.out.print(f"local EC2: {info.cloud_endpoint} (clouds.<name>.endpoint_url; any "
+                      "credentials, e.g. AWS_ACCESS_KEY_ID=testing)", markup=False)
     obj.out.print(f"hosts file: {info.hosts_file}  (use it with `elastic up --lab FILE`, or "
                   f"include: [{info.hosts_file}] in a spec)", markup=False)
 

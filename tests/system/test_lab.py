@@ -191,6 +191,33 @@ def test_up_restarts_a_dead_libvirtd(the_lab):
         conn.close()
 
 
+def test_the_lab_cloud_runs_instances_that_reach_the_front_end(the_lab):
+    """`elastic lab up --cloud`: a local EC2 whose instances are namespaces on the lab's
+    internet, with the front end as their gateway; `--no-cloud` removes it all."""
+    import boto3
+    lab, info = the_lab
+    got = lab.up(cloud=True)
+    assert got.cloud_endpoint and got.cloud_endpoint.startswith("http://127.0.0.1:")
+    assert lab.up().cloud_endpoint == got.cloud_endpoint          # kept by a plain `up`
+    ec2 = boto3.client("ec2", region_name="us-east-1", endpoint_url=got.cloud_endpoint,
+                       aws_access_key_id="testing", aws_secret_access_key="testing")
+    ami = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    user_data = ("#!/bin/sh\nping -c1 -W2 172.31.255.254 >/dev/null && echo GW-OK\n"
+                 "ping -c1 -W2 10.77.0.2 >/dev/null && echo FRONT-OK\n")
+    iid = ec2.run_instances(ImageId=ami, MinCount=1, MaxCount=1, InstanceType="t3.small",
+                            UserData=user_data)["Instances"][0]["InstanceId"]
+    console = lab.cloud_dir / "instances" / iid / "console.log"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and "FRONT-OK" not in (
+            console.read_text() if console.exists() else ""):
+        time.sleep(0.3)
+    assert "GW-OK" in console.read_text() and "FRONT-OK" in console.read_text()
+    lab.up(cloud=False)
+    assert lab.status().cloud_endpoint is None
+    names = run(["ip", "netns", "list"], timeout=10).stdout
+    assert "elastic-inet" not in names and "elastic-c-" not in names
+
+
 def test_down_leaves_nothing(the_lab):
     lab, info = the_lab
     pids = [p for h in info.hosts if (p := lab._daemon_pid(h.name)) is not None]
