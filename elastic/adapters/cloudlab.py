@@ -8,7 +8,7 @@ namespace on a "public" bridge that runs the instance's user-data as root.
     cloud = LocalCloud(state_dir / "cloud").start()   # moto + the fault proxy, on loopback
     cloud.endpoint                                    # http://127.0.0.1:PORT: give it to boto3
     agent = CloudAgent(cloud.moto_endpoint, cloud.directory,
-                       bridge_netns="elastic-lan", bridge="lan0",
+                       bridge_netns="elastic-inet", bridge="inet0",
                        gateway="172.31.255.254").start()
     cloud.set_knobs(insufficient_capacity={"types": ["t3.small"]}, boot_delay=2)
     agent.console("i-0123456789abcdef0")              # what its user-data printed
@@ -16,7 +16,7 @@ namespace on a "public" bridge that runs the instance's user-data as root.
 
 Both also run as one daemon (for `elastic lab up --cloud`, which must outlive the CLI):
 
-    info = start_daemon(DIR, bridge_netns="elastic-lan", bridge="lan0")  # kept if running
+    info = start_daemon(DIR, bridge_netns="elastic-inet", bridge="inet0")  # kept if running
     info["endpoint"]                                  # also in DIR/cloud.json for others
     set_knobs(DIR, throttle=3)                        # from any process
     stop_daemon(DIR)                                  # SIGTERM; leftover namespaces removed
