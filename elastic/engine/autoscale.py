@@ -167,7 +167,7 @@ class Autoscaler:
             if dry_run:
                 return result
             self._save(store, memory=plan.memory, outcomes=[], group=spec.group,
-                       queue=queue_summary(snapshot))
+                       queue={**queue_summary(snapshot), "group": spec.group})
             for action in plan.actions:
                 store.record_event(self.name, f"decision:{action.kind}", now,
                                    node=action.node, reason=action.reason)

@@ -37,7 +37,7 @@ def collect(state_dir: Path, project: str | None = None) -> dict[str, Any]:
             data = (store.get_project(p).data or {})
             if "queue" not in data and "autoscale" not in data:
                 continue
-            groups = set(data.get("members", {}))
+            groups = set(data.get("members", {})) | {(data.get("queue") or {}).get("group")}
             by_state: dict[str, int] = {}
             for n in records:
                 if n.project == p and (n.data or {}).get("group") in groups:
