@@ -36,3 +36,15 @@ def lab(tmp_path_factory):
         yield info
     finally:
         lab.down()
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """test_lab.py makes and removes a lab of its own, and lab namespace names are
+    machine-wide: it runs first, before the session's shared `lab` fixture exists (else it
+    would have to skip)."""
+    own = [i for i in items if i.nodeid.startswith("tests/system/test_lab.py")]
+    if own:
+        rest = [i for i in items if i not in own]
+        first_system = next((n for n, i in enumerate(rest)
+                             if i.nodeid.startswith("tests/system/")), len(rest))
+        items[:] = rest[:first_system] + own + rest[first_system:]
