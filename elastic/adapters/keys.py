@@ -13,6 +13,20 @@ from pathlib import Path
 from elastic.errors import PermanentError
 
 
+def write_private(path: Path, data: bytes) -> bool:
+    """Create ``path`` (mode 0600, its directory 0700 if new) holding ``data``, only if it
+    does not exist: False when someone made it first (theirs is the key, as with two
+    processes making the same key at once)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return True
+
+
 def public_path(private: Path) -> Path:
     return private.with_name(private.name + ".pub")
 
@@ -26,19 +40,12 @@ def ensure_key(private: Path, comment: str = "elastic") -> str:
 
     pub = public_path(private)
     if not private.exists():
-        private.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         key = Ed25519PrivateKey.generate()
         pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
                                 serialization.NoEncryption())
         line = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
                                              serialization.PublicFormat.OpenSSH).decode()
-        try:
-            fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass
-        else:
-            with os.fdopen(fd, "wb") as f:
-                f.write(pem)
+        if write_private(private, pem):
             tmp = pub.with_name(pub.name + ".tmp")
             tmp.write_text(f"{line} {comment}\n")
             tmp.replace(pub)

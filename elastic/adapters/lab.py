@@ -840,20 +840,8 @@ class Lab:
             for i in indexes:
                 self._remove_host(i, say)
             self._remove_cloud(say)
-            front = self._ownership(FRONT_NETNS)
-            if front == "other":
-                say(f"leaving {FRONT_NETNS} alone: it belongs to another lab")
-            elif front is not None:
-                say(f"removing the front end {FRONT_NETNS}")
-                net.kill_netns_pids(FRONT_NETNS)
-                net.delete_netns(FRONT_NETNS)
-            lan = self._ownership(LAN_NETNS)
-            if lan == "other":
-                say(f"leaving {LAN_NETNS} alone: it belongs to another lab")
-            elif lan is not None:
-                say(f"removing the LAN switch {LAN_NETNS}")
-                net.kill_netns_pids(LAN_NETNS)
-                net.delete_netns(LAN_NETNS)
+            for ns, what in ((FRONT_NETNS, "the front end"), (LAN_NETNS, "the LAN switch")):
+                self._remove_shared(ns, what, say)
             left = [ns for ns in (LAN_NETNS, FRONT_NETNS, INET_NETNS, *map(host_netns, indexes))
                     if self._ownership(ns) in ("ours", "nobody")]
             if left:
@@ -901,11 +889,19 @@ class Lab:
         if cloudlab.daemon_info(self.cloud_dir) is not None or self.cloud_dir.exists():
             say("stopping the local EC2 and its instances")
             cloudlab.stop_daemon(self.cloud_dir)
-        if self._ownership(INET_NETNS) in ("ours", "nobody"):
-            net.kill_netns_pids(INET_NETNS)
-            net.delete_netns(INET_NETNS)
+        self._remove_shared(INET_NETNS, "the internet", say)
         if net.link_exists(FRONT_INET_IF, ns=FRONT_NETNS):
             net.delete_link(FRONT_INET_IF, ns=FRONT_NETNS)
+
+    def _remove_shared(self, ns: str, what: str, say: Progress) -> None:
+        """Remove one of the lab's own namespaces (not a host's), if it is this lab's."""
+        owner = self._ownership(ns)
+        if owner == "other":
+            say(f"leaving {ns} alone: it belongs to another lab")
+        elif owner is not None:
+            say(f"removing {what} {ns}")
+            net.kill_netns_pids(ns)
+            net.delete_netns(ns)
 
     # -- building blocks of down
     def _ownership(self, ns: str) -> str | None:

@@ -23,13 +23,13 @@ from __future__ import annotations
 import base64
 import ipaddress
 import logging
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from elastic.adapters import net
+from elastic.adapters.keys import write_private
 from elastic.adapters.run import run, spawn
 from elastic.errors import PermanentError, TransientError
 
@@ -86,15 +86,7 @@ class KeyStore:
         """(path of the private key, public key) of ``name``, made on first use."""
         path = self.path(name)
         if not path.exists():
-            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            private, public = keypair()
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                pass   # made by someone else meanwhile: theirs is the key
-            else:
-                with os.fdopen(fd, "w") as f:
-                    f.write(private + "\n")
+            write_private(path, (keypair()[0] + "\n").encode())
         return path, self.public(name)
 
     def public(self, name: str) -> str:

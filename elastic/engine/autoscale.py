@@ -174,7 +174,6 @@ class Autoscaler:
             for note in plan.notes:
                 store.record_event(self.name, "note", now, reason=note)
             self._admit(store, project, workers, result)
-            members = self._members(store, project)
         if not self.apply(plan, project, result):
             self._resume(project, members, workers, result)
         return result
@@ -237,14 +236,15 @@ class Autoscaler:
             result.applied.append(f"admitted {name} ({address})")
         return True
 
-    def _launch(self, members: list[int], new: list[int], result: TickResult | None) \
-            -> dict[str, str]:
+    def _launch(self, group: str, members: list[int], new: list[int],
+                result: TickResult | None) -> tuple[dict[str, str], set[str]]:
         """Bring the group to ``members + new``: the master admits the new workers first (so
-        that they join the moment they boot), then the VMs are made."""
-        group = self.fleet.project(None).scaling.group
+        that they join the moment they boot), then the VMs are made. Returns the failures
+        (node -> why) and the new workers' names."""
         target = self.fleet.project(sorted(members + new))
-        admitted = {n.name for n in target.nodes if n.group == group and n.index in new
-                    and self._admit_one(target, n.name, result)}
+        new_names = {n.name for n in target.nodes if n.group == group and n.index in new}
+        admitted = {name for name in sorted(new_names)
+                    if self._admit_one(target, name, result)}
         failures = self.fleet.converge(sorted(members + new))
         if admitted:
             with self.store_open() as store:
@@ -253,7 +253,7 @@ class Autoscaler:
                     if rec is not None:
                         store.update_node_data(self.name, name,
                                                {**(rec.data or {}), "admitted": True})
-        return failures
+        return failures, new_names
 
     # ------------------------------------------------------------------------- acting
     def apply(self, plan: Plan, project: Project, result: TickResult) -> bool:
@@ -293,9 +293,7 @@ class Autoscaler:
                 self._save(store, members=members + new, group=group)
         if not (gone or new):
             return False
-        failures = self._launch(members, new, result)
-        new_names = {n.name for n in self.fleet.project(sorted(members + new)).nodes
-                     if n.group == group and n.index in new}
+        failures, new_names = self._launch(group, members, new, result)
         # only failures now; a success is counted when the worker joins (see tick)
         outcomes = [LaunchOutcome(PRIVATE, False, n, failures[n])
                     for n in sorted(new_names) if failures.get(n)]
@@ -326,7 +324,7 @@ class Autoscaler:
             store.record_event(self.name, "decision:launch", self.clock.now(),
                                reason=f"elastic add-workers {count}"
                                + (f" --class {cls}" if cls else ""))
-        return self._launch(members, new, None)
+        return self._launch(group, members, new, None)[0]
 
     def drain_workers(self, count: int) -> list[str]:
         """Drain ``count`` workers (cloud first, then the newest private ones); they are
