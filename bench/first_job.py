@@ -34,17 +34,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from up_bench import lab_namespaces, sh  # noqa: E402  (bench/ is this script's directory)
+
 ELASTIC = [sys.executable, "-m", "elastic.cli.main"]
 PROJECT = "firstjob"
 TARGET = 20.0
-
-
-def sh(cmd: list[str], **kw) -> subprocess.CompletedProcess[str]:
-    p = subprocess.run(cmd, cwd=REPO, text=True, capture_output=True, **kw)
-    if p.returncode != 0:
-        sys.stderr.write(f"failed ({p.returncode}): {' '.join(cmd)}\n{p.stdout}{p.stderr}\n")
-        raise SystemExit(1)
-    return p
 
 
 def make_spec(tmp: Path, hosts_file: Path) -> Path:
@@ -67,8 +61,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
-    out = subprocess.run(["ip", "netns", "list"], text=True, capture_output=True).stdout
-    if any(line.startswith("elastic-") for line in out.splitlines()):
+    if lab_namespaces():
         raise SystemExit("another lab exists on this machine (elastic-* namespaces): "
                          "`elastic lab down` it first")
     from elastic.adapters.run import SSH

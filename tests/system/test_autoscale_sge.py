@@ -25,6 +25,7 @@ import pytest
 
 from tests.system.test_sge_guests import missing_sge
 from tests.system.test_up import elastic, host_domains, host_volumes, status
+from tests.system.waiting import wait_for as _wait_for
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]
 
@@ -147,16 +148,11 @@ def diagnosis() -> str:
 
 
 def wait_for(what: str, check, timeout: float, log: Path | None = None, every: float = 1.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            tail = log.read_text()[-6000:] if log and log.exists() else ""
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}\n"
-                                 f"{diagnosis()}\n--- the autoscaler's log:\n{tail}")
-        time.sleep(every)
+    """Polling with what Grid Engine and the autoscaler's log say when it times out."""
+    def explain() -> str:
+        tail = log.read_text()[-6000:] if log and log.exists() else ""
+        return f"{diagnosis()}\n--- the autoscaler's log:\n{tail}"
+    return _wait_for(what, check, timeout, every=every, explain=explain)
 
 
 @pytest.fixture(scope="module")

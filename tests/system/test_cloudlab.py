@@ -26,6 +26,7 @@ from botocore.exceptions import ClientError  # noqa: E402
 from elastic.adapters import cloudlab, net  # noqa: E402
 from elastic.adapters.run import run  # noqa: E402
 from elastic.errors import ConfigError  # noqa: E402
+from tests.system.waiting import wait_for as _wait_for  # noqa: E402
 
 pytestmark = pytest.mark.system
 
@@ -41,14 +42,7 @@ def _missing() -> list[str]:
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float = 8.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:g} s")
-        time.sleep(0.1)
+    return _wait_for(what, check, timeout, every=0.1)
 
 
 @pytest.fixture(scope="module")

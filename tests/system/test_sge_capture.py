@@ -23,7 +23,7 @@ import signal
 import socket
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -60,16 +60,7 @@ def missing_parts() -> list[str]:
     return out
 
 
-def wait_for(what: str, check: Callable[[], object], timeout: float = 30.0,
-             every: float = 0.3) -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(every)
+from tests.system.waiting import wait_for  # noqa: E402  (shared polling)
 
 
 class MiniCell:
