@@ -101,7 +101,7 @@ marker() {
         printf '%s\n' "$*"
         return 0
     fi
-    printf '%s\n' "$*" >"$console" 2>/dev/null || printf '%s\n' "$*"
+    printf '%s\n' "$*" >>"$console" 2>/dev/null || printf '%s\n' "$*"
     # /dev/console is the last console listed in .../active; add ttyS0 if that is not it.
     active=$(cat /sys/class/tty/console/active 2>/dev/null || true)
     case " $active" in

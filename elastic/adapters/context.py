@@ -190,7 +190,12 @@ def render_context_sh(node: NodeSpec, project: Project, *,
         if name in values:
             raise ValueError(f"{name} is already set by elastic")
         values[name] = value
-    lines = [f"# context.sh of {node.fullname}, written by elastic; the format is "
+    return render_vars(values, node.fullname)
+
+
+def render_vars(values: Mapping[str, str], fullname: str) -> str:
+    """context.sh of these variables, in their order (contract section 3)."""
+    lines = [f"# context.sh of {fullname}, written by elastic; the format is "
              "contextualization/README.md section 3.",
              "# It holds password hashes and keys: do not log it."]
     for name, value in values.items():

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -30,6 +30,7 @@ class BatchSystem(Protocol):
 
     def snapshot(self, now: float) -> QueueSnapshot: ...
     def admit(self, name: str, address: str) -> None: ...
+    def route(self, destination: str, via: str) -> None: ...
     def add_exec_host(self, name: str, slots: int) -> None: ...
     def disable(self, name: str) -> None: ...
     def enable(self, name: str) -> None: ...
@@ -55,14 +56,27 @@ class TickResult:
     errors: list[str] = field(default_factory=list)
 
 
+class CloudSites(Protocol):
+    """What the autoscaler needs of a cloud (engine.cloud.CloudSite)."""
+
+    name: str
+
+    def room(self, store: Store) -> tuple[int, str]: ...
+    def launch(self, store: Store, project: Project, node, now: float) -> str: ...
+    def destroy(self, store: Store, node: str, reason: str) -> None: ...
+    def sweep(self, store: Store, now: float) -> list[str]: ...
+
+
 class Autoscaler:
     def __init__(self, project_name: str, store_open: Callable[[], Store], batch: BatchSystem,
-                 fleet: Fleet, *, clock: Clock | None = None) -> None:
+                 fleet: Fleet, *, clock: Clock | None = None,
+                 clouds: Mapping[str, CloudSites] | None = None) -> None:
         self.name = project_name
         self.store_open = store_open
         self.batch = batch
         self.fleet = fleet
         self.clock = clock or SystemClock()
+        self.clouds = dict(clouds or {})     # the clouds of scaling.burst, by name
         self.newly_joined: list[str] = []   # workers that joined in the last observation
 
     # -------------------------------------------------------------------- observing
@@ -73,6 +87,18 @@ class Autoscaler:
         if group in members:
             return sorted(members[group])
         return sorted(n.index for n in project.nodes if n.group == group and n.index is not None)
+
+    def _cloud_indices(self, store: Store, group: str) -> list[int]:
+        """Indices of the group's workers that live in a cloud (not in ``members``)."""
+        return sorted(int(r.data["index"]) for r in store.list_nodes(self.name)
+                      if r.site != PRIVATE and r.state != State.DONE
+                      and (r.data or {}).get("group") == group
+                      and (r.data or {}).get("index") is not None)
+
+    def _taken(self, store: Store, project: Project) -> list[int]:
+        """Every index in use in the group: private members and cloud workers."""
+        return sorted(set(self._members(store, project))
+                      | set(self._cloud_indices(store, project.scaling.group)))
 
     def _save(self, store: Store, *, members: list[int] | None = None,
               memory: Memory | None = None, outcomes: list[LaunchOutcome] | None = None,
@@ -129,11 +155,17 @@ class Autoscaler:
                 idle_since = None if (jobs or busy_slots) else (idle_since or now)
             if joined and not data.get("joined"):
                 self.newly_joined.append(rec.name)
+            state = rec.state
+            if rec.site != PRIVATE and joined and state == State.BOOT:
+                # a cloud node is RUNNING when it joined (there is no console to read)
+                self.fleet.move(store, rec.name, State.RUNNING,
+                                f"joined the batch system from clouds.{rec.site}")
+                state = State.RUNNING
             if (joined, idle_since) != (data.get("joined"), data.get("idle_since")):
                 store.update_node_data(self.name, rec.name,
                                        {**data, "joined": joined, "idle_since": idle_since})
             node = specs.get(rec.name)
-            out.append(WorkerView(rec.name, rec.site, rec.state, rec.created, rec.state_since,
+            out.append(WorkerView(rec.name, rec.site, state, rec.created, rec.state_since,
                                   node.vcpus if node else int(data.get("vcpus", 1)),
                                   running_jobs=jobs, slots_used=busy_slots,
                                   idle_since=idle_since, joined=joined, host=rec.host))
@@ -161,9 +193,13 @@ class Autoscaler:
                          if w.name in self.newly_joined]
             shape = self._shape(project)
             room = self.fleet.room(members, max(0, spec.max_workers - len(workers)))
-            plan = decide(snapshot, workers, spec, shape, Capacity(private=room), memory, now,
-                          outcomes=outcomes)
-            result = TickResult(plan, snapshot, workers)
+            clouds, limits, cloud_notes, cloud_errors = self._clouds(store, now, dry_run)
+            plan = decide(snapshot, workers, spec, shape,
+                          Capacity(private=room, clouds=clouds, limits=limits),
+                          memory, now, outcomes=outcomes)
+            if cloud_notes:
+                plan = Plan(plan.actions, plan.notes + tuple(cloud_notes), plan.memory)
+            result = TickResult(plan, snapshot, workers, errors=cloud_errors)
             if dry_run:
                 return result
             self._save(store, memory=plan.memory, outcomes=[], group=spec.group,
@@ -178,13 +214,36 @@ class Autoscaler:
             self._resume(project, members, workers, result)
         return result
 
+    def _clouds(self, store: Store, now: float, dry_run: bool) \
+            -> tuple[dict[str, int], dict[str, str], list[str], list[str]]:
+        """Each cloud's room this tick (a cloud that does not answer is left out: not
+        connected), what limits it, and errors. Also the sweep: half-recorded launches
+        adopted, orphans terminated, vanished nodes FAILED (not in a dry run)."""
+        rooms: dict[str, int] = {}
+        limits: dict[str, str] = {}
+        notes: list[str] = []
+        errors: list[str] = []
+        for name, site in self.clouds.items():
+            try:
+                if not dry_run:
+                    for what in site.sweep(store, now):
+                        store.record_event(self.name, "cloud:sweep", now, reason=what)
+                        notes.append(f"clouds.{name}: {what}")
+                room, why = site.room(store)
+            except ElasticError as e:
+                errors.append(f"clouds.{name}: {e}")
+                continue
+            rooms[name] = room
+            limits[name] = why
+        return rooms, limits, notes, errors
+
     def _resume(self, project: Project, members: list[int], workers: list[WorkerView],
                 result: TickResult) -> None:
         """Workers left half-made (a controller killed mid-launch: PENDING, PROLOG or BOOT
         with nobody working on them) are finished: the group is converged again, unless
         another elastic process holds the project (then it is that one's work)."""
-        stuck = sorted(w.name for w in workers
-                       if w.state in (State.PENDING, State.PROLOG, State.BOOT))
+        stuck = sorted(w.name for w in workers if w.site == PRIVATE
+                       and w.state in (State.PENDING, State.PROLOG, State.BOOT))
         if not stuck:
             return
         failures = self.fleet.resume(members)
@@ -259,10 +318,12 @@ class Autoscaler:
     def apply(self, plan: Plan, project: Project, result: TickResult) -> bool:
         """Carry out the plan's actions in their order; one failed action never stops the
         others (it is recorded and the next tick sees the world as it is). True if the
-        group was converged (VMs made or removed)."""
+        group's VMs were converged (made or removed)."""
         group = project.scaling.group
-        gone: list[str] = []
-        launches = 0
+        gone: list[str] = []                       # private workers whose VMs go
+        launches = 0                               # new private workers
+        bursts: list[tuple[str, int]] = []         # (cloud, count)
+        site_of = {w.name: w.site for w in result.workers}
         with self.store_open() as store:
             for action in plan.actions:
                 try:
@@ -275,31 +336,77 @@ class Autoscaler:
                     elif action.kind in ("remove", "replace"):
                         if action.kind == "remove":
                             self.batch.remove_exec_host(action.node)   # refuses a busy host
-                        gone.append(action.node)
+                        site = site_of.get(action.node, PRIVATE)
+                        if site == PRIVATE:
+                            gone.append(action.node)
+                        else:
+                            self._site(site).destroy(store, action.node, action.reason)
                     elif action.kind == "launch":
-                        if action.site != PRIVATE:
-                            result.errors.append(f"launch on {action.site}: no cloud is "
-                                                 "connected yet")
+                        if action.site == PRIVATE:
+                            launches += action.count
+                        elif action.site in self.clouds:
+                            bursts.append((action.site, action.count))
+                        else:
+                            result.errors.append(f"launch on {action.site}: that cloud is "
+                                                 "not connected")
                             continue
-                        launches += action.count
                     result.applied.append(f"{action.kind} {action.node or action.count}")
                 except (ElasticError, ValueError) as e:
                     result.errors.append(f"{action.kind} {action.node or ''}: {e}")
             members = self._members(store, project)
+            # a cloud worker never takes the name of a private one going away this tick
+            # (its VM is removed by name below)
+            leaving = set(members)
             index_of = {n.name: n.index for n in project.nodes if n.group == group}
             members = [i for i in members if i not in {index_of.get(g) for g in gone}]
-            new = _next_indices(members, launches)
+            new = _next_indices(sorted(set(members) | set(self._cloud_indices(store, group))),
+                                launches)
             if gone or new:
                 self._save(store, members=members + new, group=group)
-        if not (gone or new):
-            return False
-        failures, new_names = self._launch(group, members, new, result)
-        # only failures now; a success is counted when the worker joins (see tick)
-        outcomes = [LaunchOutcome(PRIVATE, False, n, failures[n])
-                    for n in sorted(new_names) if failures.get(n)]
+        outcomes = [o for site, count in bursts
+                    for o in self._burst(site, count, project, members + new, result,
+                                         avoid=leaving)]
+        if gone or new:
+            failures, new_names = self._launch(group, members, new, result)
+            # only failures now; a success is counted when the worker joins (see tick)
+            outcomes += [LaunchOutcome(PRIVATE, False, n, failures[n])
+                         for n in sorted(new_names) if failures.get(n)]
+        if outcomes:
+            with self.store_open() as store:
+                self._save(store, outcomes=outcomes, group=group)
+        return bool(gone or new)
+
+    def _site(self, name: str) -> CloudSites:
+        try:
+            return self.clouds[name]
+        except KeyError:
+            raise PermanentError(f"cloud {name} is not connected (not in scaling.burst, or "
+                                 "its section is gone)") from None
+
+    def _burst(self, site: str, count: int, project: Project, members: list[int],
+               result: TickResult | None, avoid: set[int] = frozenset()) -> list[LaunchOutcome]:
+        """``count`` new workers on cloud ``site`` (indices neither in ``members`` nor in
+        ``avoid``); the failed launches as outcomes."""
+        group = project.scaling.group
+        cloud = self._site(site)
+        out: list[LaunchOutcome] = []
         with self.store_open() as store:
-            self._save(store, outcomes=outcomes, group=group)
-        return True
+            taken = sorted(set(members) | set(avoid) | set(self._cloud_indices(store, group)))
+            for i in _next_indices(taken, count):
+                node = self._member_spec(members, i, group)
+                why = cloud.launch(store, project, node, self.clock.now())
+                if why:
+                    out.append(LaunchOutcome(site, False, node.name, why))
+                    if result is not None:
+                        result.errors.append(f"launch {node.name} on {site}: {why}")
+                elif result is not None:
+                    result.applied.append(f"launched {node.name} on {site}")
+        return out
+
+    def _member_spec(self, members: list[int], index: int, group: str):
+        """The node spec of the group's member ``index`` (its class, settings, name)."""
+        resolved = self.fleet.project(sorted(set(members) | {index}))
+        return next(n for n in resolved.nodes if n.group == group and n.index == index)
 
     # --------------------------------------------------------------------- by hand
     def add_workers(self, count: int, cls: str | None = None) -> dict[str, str]:
@@ -315,16 +422,45 @@ class Autoscaler:
         with self.store_open() as store:
             members = self._members(store, project)
             room = self.fleet.room(members, count)
-            if room < count:
-                raise TransientError(f"only {room} more worker(s) fit on the private hosts "
-                                     f"(asked for {count}); no cloud is connected yet")
-            new = _next_indices(members, count)
-            self._save(store, members=members + new, group=group,
-                       member_classes={i: cls for i in new} if cls else None)
+            bursts: list[tuple[str, int]] = []
+            left = count - room
+            for name, site in self.clouds.items():
+                if left <= 0:
+                    break
+                at, why = site.room(store)
+                if at > 0:
+                    bursts.append((name, min(at, left)))
+                    left -= min(at, left)
+            if left > 0:
+                clouds = ", ".join(self.clouds) or "none is connected (scaling.burst)"
+                raise TransientError(f"only {count - left} more worker(s) fit (private hosts: "
+                                     f"{room}; clouds: {clouds}); asked for {count}")
+            private = count - sum(k for _, k in bursts)
+            taken = sorted(set(members) | set(self._cloud_indices(store, group)))
+            new = _next_indices(taken, count)
+            if cls:   # the class of every new member, cloud ones included
+                self._save(store, group=group, member_classes={i: cls for i in new})
+            new = new[:private]
+            self._save(store, members=members + new, group=group)
             store.record_event(self.name, "decision:launch", self.clock.now(),
                                reason=f"elastic add-workers {count}"
-                               + (f" --class {cls}" if cls else ""))
-        return self._launch(group, members, new, None)[0]
+                               + (f" --class {cls}" if cls else "")
+                               + "".join(f"; {k} on clouds.{c}" for c, k in bursts))
+        failures: dict[str, str] = {}
+        for site, k in bursts:
+            before = self._cloud_names(project)
+            outcomes = self._burst(site, k, project, members + new, None)
+            failures.update({o.node: o.detail for o in outcomes if o.node})
+            failures.update({n: "" for n in self._cloud_names(project) - before})
+        if new:
+            failures.update(self._launch(group, members, new, None)[0])
+        return failures
+
+    def _cloud_names(self, project: Project) -> set[str]:
+        with self.store_open() as store:
+            return {r.name for r in store.list_nodes(self.name)
+                    if r.site != PRIVATE and r.state != State.DONE
+                    and (r.data or {}).get("group") == project.scaling.group}
 
     def drain_workers(self, count: int) -> list[str]:
         """Drain ``count`` workers (cloud first, then the newest private ones); they are
@@ -353,7 +489,7 @@ class Autoscaler:
         snapshot = self.batch.snapshot(now)
         if not snapshot.known:
             return [], []
-        removed, busy = [], []
+        removed, busy, private = [], [], []
         group = project.scaling.group
         with self.store_open() as store:
             for w in self.workers(store, project, snapshot, now):
@@ -368,12 +504,17 @@ class Autoscaler:
                     busy.append(w.name)
                     continue
                 removed.append(w.name)
-            if removed:
+                if w.site == PRIVATE:
+                    private.append(w.name)
+                else:
+                    self._site(w.site).destroy(store, w.name, "elastic remove-workers: "
+                                               "drained and runs nothing")
+            if private:
                 index_of = {n.name: n.index for n in project.nodes if n.group == group}
                 members = [i for i in self._members(store, project)
-                           if i not in {index_of[r] for r in removed}]
+                           if i not in {index_of.get(r) for r in private}]
                 self._save(store, members=members, group=group)
-        if removed:
+        if private:
             self.fleet.converge(self._members_now(project))
         return removed, busy
 

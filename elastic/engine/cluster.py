@@ -209,7 +209,8 @@ class Cluster:
         used: dict[str, int] = {}
         with self.store() as store:
             for rec in store.list_nodes(None):
-                if rec.project != project and rec.host and rec.state not in (State.DONE,):
+                if rec.project != project and rec.host and rec.site == "private" \
+                        and rec.state not in (State.DONE,):
                     used[rec.host] = used.get(rec.host, 0) + int((rec.data or {}).get("memory", 0))
         return used
 
@@ -409,7 +410,8 @@ class Cluster:
                                         "not in the spec any more")
                     outcome.removed.append(dom.node)
         for rec in store.list_nodes(project.name):
-            if rec.name not in wanted and rec.state != State.DONE:
+            # cloud workers are not VMs of the spec: the autoscaler's cloud site owns them
+            if rec.name not in wanted and rec.state != State.DONE and rec.site == "private":
                 self.move_node(store, project.name, rec.name, State.DONE, "not in the spec any more")
                 store.release(project.name, rec.name)
 
@@ -457,7 +459,8 @@ class Cluster:
                 raise PermanentError(f"project {project.name} is not up (use elastic up)")
             current = self._current_placement(store, project)
             placement = self._place(project, infos, current)
-            changes = diff(project, placement, store.list_nodes(project.name))
+            changes = diff(project, placement, [r for r in store.list_nodes(project.name)
+                                                if r.site == "private"])
             if dry_run:
                 return changes, Outcome(changes=[str(c) for c in changes])
             migrations: dict[str, float] = {}
@@ -565,6 +568,9 @@ class Cluster:
                 self._preflight(hosts)
                 self._parallel({h.name: (lambda h=h: self._down_host(h, project, outcome))
                                 for h in hosts})
+                # cloud workers: their instances terminated, the VPN hub taken down
+                from elastic.engine.cloud import teardown
+                outcome.removed += teardown(store, project, self.state_dir)
                 for node in store.list_nodes(project):
                     if node.state != State.DONE:
                         self.move_node(store, project, node.name, State.DONE, "elastic down")
@@ -577,7 +583,7 @@ class Cluster:
         known = {h.name: h for h in store.hosts()}
         rec = store.get_project(project)
         names = set((rec.data or {}).get("hosts", [])) if rec else set()
-        names |= {n.host for n in store.list_nodes(project) if n.host}
+        names |= {n.host for n in store.list_nodes(project) if n.host and n.site == "private"}
         out = []
         for name in sorted(names):
             h = known.get(name)
@@ -615,6 +621,8 @@ class Cluster:
         with self.store() as store, store.lock(project):
             hosts = {h.name: h for h in self._project_hosts(store, project)}
             for rec in store.list_nodes(project, states=[State.RUNNING, State.BOOT]):
+                if rec.site != "private":   # cloud workers are the autoscaler's to remove
+                    continue
                 hspec = hosts[rec.host]
                 host = self.host(hspec.name, hspec.uri)
                 self.move_node(store, project, rec.name, State.SHUTDOWN, "elastic stop")

@@ -75,12 +75,22 @@ def place(project: Project, hosts: Mapping[str, HostCapacity],
         free[host] -= chunk.memory
         decisions.append(Decision(chunk.name, host, reason))
 
+    def stay(chunk: Chunk, host: str, reason: str) -> None:
+        """A chunk bound to its host (fixed, or running there) stays there if it still fits:
+        one that grew past the host's room (more workers) is rejected, never split."""
+        if host in free and free[host] < chunk.memory:
+            rejected.append(Rejection(chunk.name, chunk.memory, {host: (
+                f"{reason}, but {free[host]} MiB are free of {hosts[host].memory} and the "
+                f"chunk needs {chunk.memory} MiB")}))
+            return
+        take(chunk, host, reason)
+
     pending: list[Chunk] = []
     for chunk in project.chunks:
         if chunk.host is not None:
-            take(chunk, chunk.host, f"fixed by host: {chunk.host} in the spec")
+            stay(chunk, chunk.host, f"fixed by host: {chunk.host} in the spec")
         elif current.get(chunk.name) in hosts:
-            take(chunk, current[chunk.name], "already runs there")
+            stay(chunk, current[chunk.name], "already runs there")
         else:
             pending.append(chunk)
     hypervisor = {n.name: n.hypervisor for n in project.nodes}

@@ -124,6 +124,19 @@ def decide(snapshot: QueueSnapshot, workers: Sequence[WorkerView], spec: Scaling
                       "batch system, then destroying its VM", site=w.site, node=w.name)
                for w in sorted(draining, key=lambda w: w.name)
                if not w.busy and w.name not in taken_back]
+    # a worker lost after it joined (a spot interruption, a host that died): out of the
+    # batch system once the batch system has taken its jobs back (rescheduled them)
+    for w in sorted(counted, key=lambda w: w.name):
+        if w.state != State.FAILED or not w.joined:
+            continue
+        if w.busy:
+            notes.append(f"{w.name} ({_label(w.site)}) FAILED after it joined; the batch "
+                         f"system still shows {_n(w.running_jobs, 'job')} on it: it is "
+                         "removed once they are rescheduled")
+        else:
+            removes.append(Action("remove", f"{w.name} ({_label(w.site)}) FAILED after it "
+                                  "joined and runs nothing now: removing it from the batch "
+                                  "system", site=w.site, node=w.name))
 
     # -- 5. launch
     serving = len(running) + len(booting) + len(undrain)
@@ -198,7 +211,8 @@ def _launches(spec: ScalingSpec, capacity: Capacity, ledger: _Ledger, demand: De
             earlier.append(f"{label} {are} backing off for {_dur(until - now)} more after "
                            f"{_n(ledger.site_failures.get(site, 0), 'failed launch')}")
         elif at <= 0:
-            earlier.append(f"{label} {are} full")
+            limit = capacity.limits.get(site)
+            earlier.append(f"{label} {are} full" + (f" ({limit})" if limit else ""))
         else:
             k = min(left, at)
             probe = ""

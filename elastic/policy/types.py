@@ -70,6 +70,7 @@ class Capacity:
 
     private: int = 0
     clouds: Mapping[str, int] = field(default_factory=dict)
+    limits: Mapping[str, str] = field(default_factory=dict)   # site -> what limits its room
 
     def at(self, site: str) -> int | None:
         """Room at one site; None for a cloud that is not connected."""

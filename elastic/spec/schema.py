@@ -230,6 +230,15 @@ class VpnBlock(Block):
     overlay: CIDR = "10.250.0.0/24"
     hub: str = "controller"      # a node name, or 'controller' (the machine running elastic)
     mtu: Annotated[int, Field(ge=576, le=9000)] = 1420
+    # where the cloud nodes reach the hub (HOST or HOST:PORT; the port defaults to `port`):
+    # the controller's public address. `--lab`: the lab front end's leg on its internet.
+    endpoint: str | None = None
+    # the network namespace the hub interface lives in (hub: controller); default: that of
+    # scaling.batch.netns (the controller's side of the world), `--lab`: the front end.
+    netns: str | None = None
+    # networks the cloud nodes reach through the tunnel; default: the network the batch
+    # master is reached on (its bridged network)
+    routes: Annotated[list[CIDR], _wrap(_str_list)] = []
 
 
 class CloudSpec(Block):
@@ -248,6 +257,11 @@ class CloudSpec(Block):
     prices: dict[str, Annotated[float, Field(ge=0)]] = {}
     vpn: VpnBlock = VpnBlock()
     tags: dict[str, str] = {}
+    # where Grid Engine is installed on the cloud image (Debian's gridengine-exec package)
+    sge_root: str = "/var/lib/gridengine"
+    # an unknown instance tagged with this cluster is terminated after this long (its launch
+    # may still be being recorded)
+    orphan_grace: Duration = 120.0
 
     @model_validator(mode="after")
     def _priced(self) -> CloudSpec:

@@ -394,8 +394,9 @@ def test_never_above_max_workers_and_never_removes_a_busy_worker(
         if a.kind in ("remove", "drain", "replace"):
             w = by_name[a.node]
             assert w.running_jobs == 0 and w.slots_used == 0, a
-        if a.kind == "remove":
-            assert by_name[a.node].state == State.DRAINING
+        if a.kind == "remove":   # drained, or lost after it joined (its jobs taken back)
+            w = by_name[a.node]
+            assert w.state == State.DRAINING or (w.state == State.FAILED and w.joined), a
     if not known:
         assert plan.actions == ()
     drains = plan.of_kind("drain")

@@ -163,6 +163,14 @@ class SGE:
         self._run(["sh", "-c", HOSTS_EDIT, "sh", self.hosts_file, name, address])
         self._tolerant(["qconf", "-ah", name], _ALREADY)
 
+    def route(self, destination: str, via: str) -> None:
+        """On the master machine: reach ``destination`` (a CIDR) through ``via`` (the VPN
+        hub's address on the master's network), so that the qmaster answers cloud nodes.
+        Idempotent (``ip route replace``)."""
+        ipaddress.ip_network(destination)
+        ipaddress.ip_address(via)
+        self._run(["ip", "route", "replace", destination, "via", via])
+
     def add_exec_host(self, name: str, slots: int) -> None:
         """Make ``name`` an admin and exec host, put it in the host group and give it
         ``slots`` in the queue. Idempotent. The host's ``sge_execd`` can start afterwards

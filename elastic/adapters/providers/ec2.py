@@ -398,7 +398,7 @@ class EC2:
         found.sort(key=lambda i: (not i.live, i.launched_at, i.id))
         return found[0]
 
-    def launch(self, node: str, user_data: str, *, token: str,
+    def launch(self, node: str, user_data: str | bytes, *, token: str,
                instance_types: Sequence[str] | None = None,
                zones: Sequence[str] | None = None) -> CloudInstance:
         """Start one instance for ``node`` and return it (usually 'pending').
@@ -458,7 +458,7 @@ class EC2:
                             + "; ".join(tried), tried=tried,
                             code=last.code if last else None)
 
-    def _run_params(self, node: str, user_data: str, itype: str, zone: str | None,
+    def _run_params(self, node: str, user_data: str | bytes, itype: str, zone: str | None,
                     group: str, token: str, client_token: str) -> dict[str, Any]:
         tags = _tag_list(self._tags(node, token))
         params: dict[str, Any] = {
