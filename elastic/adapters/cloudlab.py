@@ -33,17 +33,37 @@ Instances. An instance that moto says is ``running`` becomes, within a poll (0.5
   via ``gateway`` when given. The PublicIpAddress is never used: no traffic may go to it.
 - its user-data (DescribeInstanceAttribute userData), run once as a root shell script
   (a ``#!`` line picks the interpreter; gzip is unpacked; ``#cloud-config`` is refused)
-  by ``ip netns exec NS unshare --uts --mount``: its own hostname (tag Name, else
-  elastic:node, else the id), its own /etc/hosts, a private tmpfs on /run/wireguard (so
-  that every instance can have its own ``wg0`` with wireguard-go), a clean environment
-  (PATH, HOME=/root and ELASTIC_INSTANCE_ID); its stdin is /dev/null.
+  by ``ip netns exec NS unshare --uts --mount --propagation private --pid --fork
+  --mount-proc`` (the boot shell stays as the instance's init), with its own
+  hostname (tag Name, else elastic:node, else the id), its own file system (below), a
+  clean environment (PATH, HOME=/root and ELASTIC_INSTANCE_ID); its stdin is /dev/null.
+  What it starts in the background (sge_execd, wireguard-go) lives on in the instance's
+  namespaces after it exits, until the instance is unmade.
+- its file system, made in its private mount namespace before the user-data runs, so that
+  a user-data that does what cloud user-data does (users in /etc/passwd, /etc/default/...,
+  /var/spool, /var/lib, /home, /root) changes the instance and never the host: the host's
+  / is its image, and it has a copy-on-write copy (overlayfs, lower = the host's
+  directory) of each of /etc /var /home /root /opt /srv /usr/local, its writes in
+  ``DIR/instances/<id>/root/upper/<dir>`` (overlayfs' work directories in ``root/work``:
+  DIR must be on a file system overlayfs takes as upper, not on overlayfs); a fresh tmpfs
+  on /tmp and /var/tmp; /etc/hosts (its name and address) and /etc/hostname written in
+  its /etc; its user-data in /var/lib/cloud/instance/user-data.txt, as cloud-init keeps
+  it. /run is the host's but for private tmpfs on /run/wireguard (its own ``wg0`` with
+  wireguard-go), /run/elastic (the boot scripts' context) and /run/gridengine (Debian's
+  gridengine-exec pid file); their mount points are empty directories in the host's /run.
+  DIR itself is covered by an empty tmpfs (an instance sees no other instance's disk).
+  The rest (/usr, /work, ...) is the host's, read-write: a believable machine, not a
+  security boundary (it is root, in no user namespace). A host whose kernel has no
+  overlayfs boots no instance: its console says why, and its user-data is not run.
 - its console, ``DIR/instances/<id>/console.log``: what the agent did and what the
   user-data printed.
 
 An instance that is no longer running (terminated, stopped, or gone from moto) has every
-process in its namespace killed and the namespace removed. The agent records each
-instance in ``DIR/instances/<id>/instance.json`` before making its namespace: on start it
-adopts the namespaces of its records whose instance still runs and removes the others.
+process in its namespaces killed (its mounts go with the last of them), the network
+namespace removed and its disk (``DIR/instances/<id>/root``) removed; its console and
+record stay. The agent records each instance in ``DIR/instances/<id>/instance.json``
+before making its namespace: on start it adopts the namespaces of its records whose
+instance still runs (their processes and file systems untouched) and removes the others.
 Namespaces ``elastic-c-*`` without a record in DIR belong to another cloud: left alone.
 
 Knobs: ``DIR/knobs.json``, re-read by the proxy on every request and by the agent on every
@@ -83,8 +103,10 @@ import logging
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
+import stat
 import sys
 import threading
 import time
@@ -97,7 +119,7 @@ from pathlib import Path
 from typing import Any
 
 from elastic.adapters import net
-from elastic.adapters.run import spawn
+from elastic.adapters.run import run, spawn
 from elastic.errors import ConfigError, ElasticError, PermanentError, TransientError
 
 log = logging.getLogger(__name__)
@@ -112,6 +134,18 @@ REGIONS_FILE = "regions"
 INFO_FILE = "cloud.json"
 FAKE_KEY = "testing"                 # moto takes any credentials; never real ones
 USER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+# An instance's own file system (see the module's docstring). The host's directories that
+# an instance gets a copy-on-write copy of (overlayfs, when they exist on the host):
+OVERLAID = ("etc", "var", "home", "root", "opt", "srv", "usr/local")
+# fresh and empty at every boot, as on a machine (tmpfs, mount options):
+FRESH = (("tmp", "mode=1777,nosuid,nodev"), ("var/tmp", "mode=1777,nosuid,nodev"))
+# the instance's own directories in the host's /run (wireguard-go's sockets, the boot
+# scripts' context, Debian's gridengine-exec pid file); the rest of /run is the host's:
+PRIVATE_RUN = (("run/wireguard", "mode=0700"), ("run/elastic", "mode=0700"),
+               ("run/gridengine", "mode=0755"))
+LAYERS = "root"                      # DIR/instances/<id>/root/{upper,work}/<dir>: its disk
+USER_DATA_COPY = "/var/lib/cloud/instance/user-data.txt"   # where cloud-init keeps it
 
 _REGION_RE = re.compile(r"Credential=[^/]+/\d{8}/([a-z0-9-]+)/")
 
@@ -149,6 +183,42 @@ def render_hosts(hostname: str, address: str | None) -> str:
     if address:
         lines.append(f"{address}\t{hostname}")
     return "\n".join(lines) + "\n"
+
+
+def _overlay_listed() -> bool:
+    try:
+        lines = Path("/proc/filesystems").read_text().splitlines()
+    except OSError:
+        return False
+    return any(line.split()[-1:] == ["overlay"] for line in lines)
+
+
+def overlay_available() -> bool:
+    """Can this kernel mount overlayfs? (It may be a module not loaded yet: modprobe it.)
+    Without it an instance cannot have a file system of its own, and is not booted."""
+    if _overlay_listed():
+        return True
+    if _which("modprobe"):
+        with contextlib.suppress(ElasticError):
+            run(["modprobe", "overlay"], timeout=30, check=False)
+    return _overlay_listed()
+
+
+def remove_layers(instance_dir: Path) -> bool:
+    """Remove an instance's disk (``instance_dir/root``: its overlays' upper and work
+    directories); its console and record stay. True if there was one. Call it once no
+    process of the instance is left (its mounts go with its last process)."""
+    path = Path(instance_dir) / LAYERS
+    if not os.path.lexists(path):
+        return False
+    try:
+        if path.is_symlink() or not path.is_dir():
+            path.unlink()
+        else:
+            shutil.rmtree(path)             # does not follow the instance's symlinks
+    except OSError as e:
+        raise TransientError(f"cannot remove the instance's disk {path}: {e}") from None
+    return True
 
 
 def ec2_error_xml(code: str, message: str) -> bytes:
@@ -762,7 +832,12 @@ class CloudAgent:
 
     def _adopt(self, running: set[str], live: Mapping[str, Any]) -> None:
         records = self._records()
-        for ns in net.list_netns():
+        present = net.list_netns()
+        for ns, rec in records.items():     # made by an agent that died, then removed:
+            if ns not in present and isinstance(rec.get("id"), str):    # its disk goes
+                with contextlib.suppress(ElasticError):
+                    remove_layers(self.instances_dir / rec["id"])
+        for ns in present:
             if not ns.startswith(NETNS_PREFIX):
                 continue
             rec = records.get(ns)
@@ -861,6 +936,7 @@ class CloudAgent:
         net.delete_link(INSTANCE_IF, ns=m.netns)
         net.delete_link(m.veth, ns=self.bridge_netns)
         net.delete_netns(m.netns)
+        remove_layers(m.dir)                # its disk; failing, the next poll tries again
         del self._made[iid]
         with contextlib.suppress(OSError):
             self._say(m, f"removed {m.netns}: {why}")
@@ -875,6 +951,85 @@ class CloudAgent:
         if data[:2] == b"\x1f\x8b":
             data = gzip.decompress(data)
         return data
+
+    def _layers(self, m: _Made) -> list[str]:
+        """Make the upper and work directories of the instance's overlays, for the
+        directories of OVERLAID that the host has, and return those. An upper directory
+        gets its lower one's owner and mode (the merged directory takes them: /root stays
+        0700)."""
+        (m.dir / LAYERS).mkdir(mode=0o700, exist_ok=True)
+        dirs = []
+        for d in OVERLAID:
+            lower = Path("/") / d
+            if lower.is_symlink() or not lower.is_dir():
+                continue
+            st = lower.stat()
+            upper = m.dir / LAYERS / "upper" / d
+            for p in (upper, m.dir / LAYERS / "work" / d):
+                p.mkdir(parents=True, exist_ok=True)
+            os.chown(upper, st.st_uid, st.st_gid)
+            os.chmod(upper, stat.S_IMODE(st.st_mode))
+            dirs.append(d)
+        return dirs
+
+    def _boot_script(self, m: _Made, dirs: list[str], runner: str) -> str:
+        """The root shell script that makes the instance's file system, inside its own mount
+        namespace (private propagation: nothing it mounts reaches the host), then runs its
+        user-data. Paths to the layers are relative to the instance's directory (the
+        shell's working directory): they stay reachable after /root, /var or /tmp, which
+        may hold DIR, are covered."""
+        q = shlex.quote
+        here = m.dir / LAYERS
+
+        def must(cmd: str, what: str) -> str:
+            return f"{cmd} || fail {q(what)}"
+
+        lines = [
+            "set -e",
+            'fail() { echo "[cloud $(date +%H:%M:%S)] cannot boot: $*: its user-data is not '
+            'run"; exit 1; }',
+            must(f"cd {q(str(m.dir))}", "no instance directory"),
+            # mount points in the host's /run: empty directories (/run/gridengine as
+            # Debian's gridengine-exec makes it)
+            "mkdir -p /run/wireguard /run/elastic",
+            "[ -d /run/gridengine ] || { mkdir -m 0755 /run/gridengine && "
+            "{ chown sgeadmin:sgeadmin /run/gridengine 2>/dev/null || :; }; }",
+        ]
+        for d in dirs:
+            lines.append(must(
+                f"mount -t overlay overlay -o lowerdir=/{d},upperdir={LAYERS}/upper/{d},"
+                f"workdir={LAYERS}/work/{d} /{d}",
+                f"cannot mount overlayfs on /{d} (its upper and work directories are in "
+                f"{here}: that must be a file system overlayfs takes as upper, such as ext4, "
+                "xfs or tmpfs, and not overlayfs itself)"))
+        for d, opts in FRESH + PRIVATE_RUN:
+            lines.append(must(f"mkdir -p /{d} && mount -t tmpfs -o {opts} tmpfs /{d}",
+                              f"cannot mount a tmpfs on /{d}"))
+        lines += [
+            "chown sgeadmin:sgeadmin /run/gridengine 2>/dev/null || :",
+            # the agent's directory (other instances' disks and consoles, the knobs): hidden
+            f"if [ -d {q(str(self.directory))} ]; then "
+            + must(f"mount -t tmpfs -o ro,mode=0755,size=16k tmpfs {q(str(self.directory))}",
+                   f"cannot hide {self.directory}") + "; fi",
+            must("cp hosts /etc/hosts", "cannot write /etc/hosts"),
+            must(f"echo {q(m.hostname)} >/etc/hostname", "cannot write /etc/hostname"),
+            must(f"hostname {q(m.hostname)}", "cannot set the hostname"),
+            must(f"mkdir -p {q(os.path.dirname(USER_DATA_COPY))} && "
+                 f"cp user-data {q(USER_DATA_COPY)} && chmod 0700 {q(USER_DATA_COPY)}",
+                 f"cannot write {USER_DATA_COPY}"),
+            "cd /",
+            "set +e",
+            f"env -i PATH={USER_PATH} HOME=/root USER=root LOGNAME=root "
+            f"ELASTIC_INSTANCE_ID={m.id} {runner} </dev/null",
+            "rc=$?",
+            'echo "[cloud $(date +%H:%M:%S)] user-data exited $rc"',
+            # this shell is the instance's init (pid 1 of its PID namespace): when it ends,
+            # the kernel ends every process of the instance, so it stays, reaping orphans,
+            # until the instance is unmade (SIGTERM)
+            "trap 'exit 0' TERM INT",
+            "while :; do sleep 3600 & wait $!; done",
+        ]
+        return "\n".join(lines)
 
     def _boot(self, m: _Made, knobs: Mapping[str, Any]) -> None:
         if m.names & set(knobs.get("never_boot", ())):
@@ -891,27 +1046,30 @@ class CloudAgent:
         if data.lstrip().startswith(b"#cloud-config"):
             self._say(m, "#cloud-config user-data is not handled here (only scripts): not run")
             return
+        if not overlay_available():
+            log.warning("local cloud: %s not booted: no overlayfs on this host", m.id)
+            self._say(m, "cannot boot: this kernel has no overlayfs ('overlay' is not in "
+                         "/proc/filesystems, and modprobe overlay did not add it), so the "
+                         "instance cannot have a file system of its own: its user-data is "
+                         "not run (it would change the host's files)")
+            return
         script = m.dir / "user-data"
         script.write_bytes(data)
         script.chmod(0o700)
-        runner = shlex.quote(str(script)) if data.startswith(b"#!") \
-            else "sh " + shlex.quote(str(script))
-        boot = "\n".join([
-            "set -e",
-            f"mount --bind {shlex.quote(str(m.dir / 'hosts'))} /etc/hosts",
-            f"hostname {shlex.quote(m.hostname)}",
-            "mkdir -p /run/wireguard",
-            "mount -t tmpfs -o mode=0700 tmpfs /run/wireguard",
-            "cd /",
-            "set +e",
-            f"env -i PATH={USER_PATH} HOME=/root USER=root LOGNAME=root "
-            f"ELASTIC_INSTANCE_ID={m.id} {runner} </dev/null",
-            "rc=$?",
-            'echo "[cloud $(date +%H:%M:%S)] user-data exited $rc"',
-            "exit $rc",
-        ])
-        self._say(m, "booting: running its user-data")
-        m.proc = spawn(["unshare", "--uts", "--mount", "sh", "-c", boot],
+        runner = shlex.quote(USER_DATA_COPY) if data.startswith(b"#!") \
+            else "sh " + shlex.quote(USER_DATA_COPY)
+        try:
+            dirs = self._layers(m)
+        except OSError as e:
+            self._say(m, f"cannot boot: cannot make its disk in {m.dir / LAYERS}: {e}")
+            return
+        boot = self._boot_script(m, dirs, runner)
+        self._say(m, "booting: its own file system, then its user-data")
+        # its own PID namespace too: Grid Engine's execd ends a job by killing every process
+        # with the job's additional group id, which two instances sharing the host's
+        # process table would hand out alike (one job's end killed the other's job)
+        m.proc = spawn(["unshare", "--uts", "--mount", "--propagation", "private", "--pid",
+                        "--fork", "--mount-proc", "sh", "-c", boot],
                        log_file=m.dir / "console.log", netns=m.netns)
 
     def _interrupt_due(self, m: _Made, knobs: Mapping[str, Any], now: float) -> bool:
@@ -930,7 +1088,6 @@ class CloudAgent:
 
 
 def _which(name: str) -> str | None:
-    import shutil
     return shutil.which(name, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
 
 
@@ -993,8 +1150,9 @@ def stop_daemon(directory: Path, timeout: float = 30.0) -> None:
 
 
 def remove_namespaces(directory: Path) -> list[str]:
-    """Kill the processes of, and remove, every namespace recorded in DIR/instances (for
-    after an agent that was killed). Returns the namespaces removed."""
+    """Kill the processes of, and remove, every namespace recorded in DIR/instances, and
+    remove the instances' disks (for after an agent that was killed; consoles and records
+    stay). Returns the namespaces removed."""
     removed = []
     inst = Path(directory) / "instances"
     for rec_file in sorted(inst.glob("*/instance.json")) if inst.is_dir() else ():
@@ -1003,13 +1161,13 @@ def remove_namespaces(directory: Path) -> list[str]:
             ns = rec["netns"]
         except (ValueError, KeyError, OSError):
             continue
-        if not ns.startswith(NETNS_PREFIX) or not os.path.lexists(net.netns_path(ns)):
-            continue
-        net.kill_netns_pids(ns)
-        if rec.get("bridge_netns") and rec.get("veth"):
-            net.delete_link(rec["veth"], ns=rec["bridge_netns"])
-        net.delete_netns(ns)
-        removed.append(ns)
+        if ns.startswith(NETNS_PREFIX) and os.path.lexists(net.netns_path(ns)):
+            net.kill_netns_pids(ns)
+            if rec.get("bridge_netns") and rec.get("veth"):
+                net.delete_link(rec["veth"], ns=rec["bridge_netns"])
+            net.delete_netns(ns)
+            removed.append(ns)
+        remove_layers(rec_file.parent)
     return removed
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import re
 import secrets
 import shutil
@@ -112,6 +113,7 @@ class CloudSite:
         self.hub = hub
         self.master = master               # (name, address) of the batch master
         self.spec_dir = spec_dir
+        self.lab = False                   # the lab's local EC2 (its dummy credentials)
         self._ready = False
 
     @classmethod
@@ -150,7 +152,8 @@ class CloudSite:
         routes = tuple(spec.vpn.routes) or tuple(r for r in [_network_of(project, address)]
                                                  if r)
         netns = spec.vpn.netns or sc.batch.netns or lab_front
-        if spec.endpoint_url is None and lab_endpoint:
+        lab = spec.endpoint_url is None and bool(lab_endpoint)
+        if lab:
             spec = spec.model_copy(update={"endpoint_url": lab_endpoint})
             project.clouds[name] = spec
         with Store.open(state_dir) as store:
@@ -158,8 +161,10 @@ class CloudSite:
         provider = EC2(spec, project=project.name, cluster_id=cid, name=name, **ec2_options)
         hub = Hub(project.name, name, spec.vpn, state_dir, endpoint=endpoint, routes=routes,
                   netns=netns)
-        return cls(project, name, state_dir, batch=batch, move=move, provider=provider,
+        site = cls(project, name, state_dir, batch=batch, move=move, provider=provider,
                    hub=hub, master=(master.name, address), spec_dir=Path(project.source).parent)
+        site.lab = lab
+        return site
 
     # ----------------------------------------------------------------------- the hub
     def ensure(self, store: Store) -> None:
@@ -176,7 +181,7 @@ class CloudSite:
         self.ec2.ensure_security_group(self.spec.vpn.port)
         _record_cloud(store, self.project_name, self.name,
                       spec=self.spec.model_dump(mode="json"), netns=self.hub.netns,
-                      ifname=self.hub.wg.ifname)
+                      ifname=self.hub.wg.ifname, lab=self.lab)
         self._ready = True
 
     # ---------------------------------------------------------------------- capacity
@@ -322,6 +327,10 @@ def teardown(store: Store, project: str, state_dir: Path) -> list[str]:
         if not entry.get("spec"):
             continue
         spec = CloudSpec.model_validate(entry["spec"])
+        if entry.get("lab"):     # the lab's local EC2 takes any credentials
+            from elastic.adapters.cloudlab import FAKE_KEY
+            for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+                os.environ.setdefault(var, FAKE_KEY)
         ec2 = EC2(spec, project=project, cluster_id=entry["cluster_id"], name=name)
         ids = [i.id for i in ec2.instances()]
         ec2.terminate(ids)

@@ -104,7 +104,7 @@ class FakeFleet:
                     for s in path(rec.state, State.RUNNING):
                         store.transition("auto", n.name, s, "fake up, finished", now)
             for rec in store.list_nodes("auto"):
-                if rec.name not in wanted and rec.state != State.DONE:
+                if rec.name not in wanted and rec.state != State.DONE and rec.site == "private":
                     self.move(store, rec.name, State.DONE, "not in the spec any more")
         self.converged.append(list(members))
         return {n: "" for n in wanted}
@@ -311,3 +311,109 @@ def test_add_workers_beyond_the_room_is_refused(world):
     with pytest.raises(TransientError, match="only 1 more worker"):
         scaler.add_workers(3)
     assert states(state) == {}
+
+
+# ------------------------------------------------------------------------------ bursting
+
+class FakeCloud:
+    """A cloud site that makes its nodes in the state DB as engine.cloud.CloudSite does;
+    knobs: room, fail (launches refused with that reason)."""
+
+    def __init__(self, fleet: FakeFleet, room: int = 2) -> None:
+        self.name, self.fleet, self._room, self.fail = "ec2", fleet, room, ""
+        self.launched: list[str] = []
+        self.destroyed: list[str] = []
+
+    def room(self, store):
+        live = [r for r in store.list_nodes("auto") if r.site == "ec2" and r.state != State.DONE]
+        return max(0, self._room - len(live)), f"max_nodes {self._room}"
+
+    def launch(self, store, project, node, now):
+        if self.fail:
+            return self.fail
+        store.add_node("auto", node.name, now, site="ec2",
+                       data={"group": node.group, "index": node.index, "vcpus": node.vcpus})
+        for s in path(State.PENDING, State.BOOT):
+            store.transition("auto", node.name, s, "fake launch", now,
+                             **({"provider_id": f"i-{node.name}"} if s == State.BOOT else {}))
+        self.launched.append(node.name)
+        return ""
+
+    def destroy(self, store, node, reason):
+        self.destroyed.append(node)
+        self.fleet.move(store, node, State.DONE, reason)
+
+    def sweep(self, store, now):
+        return []
+
+
+@pytest.fixture
+def burst(world):
+    scaler, batch, fleet, clock, state = world
+    fleet._room = 0                                  # the private hosts are full
+    cloud = FakeCloud(fleet)
+    scaler.clouds = {"ec2": cloud}
+    text = (state.parent / "auto.yaml").read_text()
+    (state.parent / "auto.yaml").write_text(text + "  burst: [ec2]\nclouds:\n  ec2: "
+                                            "{region: r, image: ami-1, instance_types: [t]}\n")
+    return scaler, batch, fleet, clock, state, cloud
+
+
+def test_full_private_hosts_burst_to_the_cloud_which_is_drained_and_destroyed(burst):
+    scaler, batch, fleet, clock, state, cloud = burst
+    batch.pending = [job(i, clock.now() - 10) for i in range(3)]   # 3 x 1 slot, 2-slot workers
+    r = scaler.tick()
+    (launch,) = r.plan.of_kind("launch")
+    assert launch.site == "ec2" and "private hosts are full" in launch.reason, launch.reason
+    assert cloud.launched == ["worker1", "worker2"]
+    assert states(state) == {"worker1": "BOOT", "worker2": "BOOT"}
+    # they join: RUNNING (a cloud node has no console; joining is its readiness)
+    for w in cloud.launched:
+        batch.add_exec_host(w, 2)
+    batch.pending = []
+    clock.advance(5)
+    scaler.tick()
+    assert states(state) == {"worker1": "RUNNING", "worker2": "RUNNING"}
+    for _ in range(8):                               # idle: drained, removed, destroyed
+        clock.advance(30)
+        scaler.tick()
+    assert states(state) == {"worker1": "DONE", "worker2": "DONE"}
+    assert sorted(cloud.destroyed) == ["worker1", "worker2"]
+    assert ("remove", "worker1") in batch.calls and ("remove", "worker2") in batch.calls
+    assert fleet.converged[-1] == []                 # no private VM was ever made
+
+
+def test_a_cloud_worker_never_takes_the_name_of_a_private_one(burst):
+    scaler, batch, fleet, clock, state, cloud = burst
+    fleet._room = 1
+    batch.pending = [job(i, clock.now() - 10) for i in range(4)]
+    scaler.tick()
+    assert states(state) == {"worker1": "RUNNING", "worker2": "BOOT"}
+    assert cloud.launched == ["worker2"]
+    with Store.open(state) as store:
+        assert store.get_node("auto", "worker2").site == "ec2"
+        assert store.get_node("auto", "worker1").site == "private"
+
+
+def test_a_refused_cloud_launch_is_a_failure_of_that_site(burst):
+    scaler, batch, fleet, clock, state, cloud = burst
+    cloud.fail = "no capacity for t3.small (InsufficientInstanceCapacity)"
+    batch.pending = [job(1, clock.now() - 10)]
+    r = scaler.tick()
+    assert any("InsufficientInstanceCapacity" in e for e in r.errors), r.errors
+    clock.advance(15)
+    r = scaler.tick()
+    assert not r.plan.of_kind("launch")               # ec2 backs off after the failure
+    assert any("ec2 is backing off" in n for n in r.plan.notes), r.plan.notes
+
+
+def test_add_workers_bursts_what_the_private_hosts_cannot_take(burst):
+    scaler, batch, fleet, clock, state, cloud = burst
+    fleet._room = 1
+    result = scaler.add_workers(3)
+    assert {n: why for n, why in result.items() if n.startswith("worker")} == \
+        {"worker1": "", "worker2": "", "worker3": ""}
+    assert cloud.launched == ["worker2", "worker3"]
+    with pytest.raises(TransientError, match="only 0 more worker"):
+        fleet._room = 0
+        scaler.add_workers(1)
