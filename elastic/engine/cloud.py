@@ -38,7 +38,7 @@ from typing import Any
 from elastic.adapters.providers.ec2 import EC2
 from elastic.adapters.run import run
 from elastic.adapters.userdata import SGE_SHARE, boot_scripts, cloud_context, render_user_data
-from elastic.engine.vpnhub import Hub, overlay_network
+from elastic.engine.vpnhub import make_hub, overlay_network, take_down
 from elastic.errors import ConfigError, ElasticError, PermanentError
 from elastic.lifecycle import State
 from elastic.model import CloudInstance, NodeSpec, Project
@@ -101,7 +101,7 @@ class CloudSite:
     """One cloud of one project, as the autoscaler uses it."""
 
     def __init__(self, project: Project, name: str, state_dir: Path, *, batch: Any,
-                 move: Move, provider: EC2, hub: Hub, master: tuple[str, str],
+                 move: Move, provider: EC2, hub: Any, master: tuple[str, str],
                  spec_dir: Path) -> None:
         self.project_name = project.name
         self.name = name
@@ -134,9 +134,6 @@ class CloudSite:
             raise ConfigError(f"vpn.hub {spec.vpn.hub}: a hub on a node is not built yet; "
                               "use 'controller' (the machine running elastic)",
                               project.source, key=f"{key}.vpn.hub")
-        if spec.vpn.type != "wireguard":
-            raise ConfigError(f"vpn.type {spec.vpn.type}: only wireguard is built so far",
-                              project.source, key=f"{key}.vpn.type")
         endpoint = spec.vpn.endpoint or lab_hub_endpoint
         if not endpoint:
             raise ConfigError("vpn.endpoint: where the cloud nodes reach the hub (this "
@@ -159,8 +156,8 @@ class CloudSite:
         with Store.open(state_dir) as store:
             cid = cluster_id(store, project.name, name)
         provider = EC2(spec, project=project.name, cluster_id=cid, name=name, **ec2_options)
-        hub = Hub(project.name, name, spec.vpn, state_dir, endpoint=endpoint, routes=routes,
-                  netns=netns)
+        hub = make_hub(project.name, name, spec.vpn, state_dir, endpoint=endpoint,
+                       routes=routes, netns=netns)
         site = cls(project, name, state_dir, batch=batch, move=move, provider=provider,
                    hub=hub, master=(master.name, address), spec_dir=Path(project.source).parent)
         site.lab = lab
@@ -181,7 +178,7 @@ class CloudSite:
         self.ec2.ensure_security_group(self.spec.vpn.port)
         _record_cloud(store, self.project_name, self.name,
                       spec=self.spec.model_dump(mode="json"), netns=self.hub.netns,
-                      ifname=self.hub.wg.ifname, lab=self.lab)
+                      ifname=self.hub.ifname, lab=self.lab)
         self._ready = True
 
     # ---------------------------------------------------------------------- capacity
@@ -217,7 +214,7 @@ class CloudSite:
         self.ensure(store)
         rec = store.get_node(self.project_name, node.name)
         attempt = int(((rec.data or {}).get("attempt", 0)) if rec else 0) + 1
-        token = f"{self.hub.wg.ifname}-{node.name}-{int(now)}-{attempt}"[:64]
+        token = f"{self.hub.ifname}-{node.name}-{int(now)}-{attempt}"[:64]
         data = {"group": node.group, "index": node.index, "vcpus": node.vcpus,
                 "memory": node.memory, "cloud": self.name, "token": token, "attempt": attempt}
         if rec is None or rec.state == State.DONE:
@@ -319,7 +316,6 @@ class CloudSite:
 def teardown(store: Store, project: str, state_dir: Path) -> list[str]:
     """`elastic down`: terminate every instance of the project's clouds and take their hubs
     down (from what the DB recorded). Returns what was done."""
-    from elastic.adapters.vpn import WireGuard
     from elastic.spec.schema import CloudSpec
     rec = store.get_project(project)
     done: list[str] = []
@@ -336,8 +332,7 @@ def teardown(store: Store, project: str, state_dir: Path) -> list[str]:
         ec2.terminate(ids)
         done += [f"terminated {i}" for i in ids]
         if entry.get("ifname"):
-            WireGuard(entry["ifname"], netns=entry.get("netns"),
-                      log_dir=Path(state_dir) / "vpn").down()
+            take_down(spec.vpn.type, entry["ifname"], entry.get("netns"), state_dir)
             done.append(f"hub {entry['ifname']} down")
     keys = Path(state_dir) / "vpn" / project
     if keys.exists():

@@ -86,6 +86,15 @@ class Hub:
         self.hub_address, self._peer_addresses = overlay_addresses(vpn.overlay)
         self.prefix = ipaddress.ip_network(vpn.overlay).prefixlen
 
+    @property
+    def ifname(self) -> str:
+        """The hub's interface (unique on the machine; recorded so `elastic down` finds it)."""
+        return self.wg.ifname
+
+    def down(self) -> None:
+        """The hub's interface gone (its peers with it); keys stay until the project goes."""
+        self.wg.down()
+
     # ------------------------------------------------------------------------ the hub
     def ensure(self) -> str:
         """Keys, the interface with the hub's overlay address and port, forwarding on.
@@ -158,3 +167,36 @@ def _overlay_mac(address: str) -> str:
     (prefix 02:57, 'W'), which cannot clash with the nodes' 02:00 MACs."""
     octets = [int(o) for o in address.split(".")]
     return "02:57:" + ":".join(f"{o:02x}" for o in octets)
+
+
+def make_hub(project: str, cloud: str, vpn, state_dir: Path, *, endpoint: str,
+             routes: tuple[str, ...] = (), netns: str | None = None):
+    """The hub for ``vpn.type``: WireGuard (``Hub``) or OpenVPN (``OpenVPNHub``)."""
+    if vpn.type == "wireguard":
+        return Hub(project, cloud, vpn, state_dir, endpoint=endpoint, routes=routes,
+                   netns=netns)
+    if vpn.type == "openvpn":
+        return OpenVPNHub(project, cloud, vpn, state_dir, endpoint=endpoint, routes=routes,
+                          netns=netns)
+    raise PermanentError(f"clouds.{cloud}.vpn.type {vpn.type}: not a VPN elastic knows")
+
+
+def take_down(kind: str, ifname: str, netns: str | None, state_dir: Path) -> None:
+    """`elastic down`: the hub interface (and its daemon) of a project's cloud gone, from
+    what the state DB recorded (``kind`` is vpn.type)."""
+    if kind == "openvpn":
+        OpenVPNHub.take_down(ifname, netns, state_dir)
+        return
+    WireGuard(ifname, netns=netns, log_dir=Path(state_dir) / "vpn").down()
+
+
+class OpenVPNHub:
+    """The OpenVPN hub (vpn.type: openvpn): not built yet."""
+
+    def __init__(self, project: str, cloud: str, vpn, state_dir: Path, **_: object) -> None:
+        raise PermanentError(f"clouds.{cloud}.vpn.type openvpn: the OpenVPN hub is not built "
+                             "yet; use wireguard")
+
+    @staticmethod
+    def take_down(ifname: str, netns: str | None, state_dir: Path) -> None:
+        return None
