@@ -80,6 +80,8 @@ a key set to None is removed):
       "boot_delay": 3.0,  # seconds between the namespace and the user-data
       "never_boot": ["t3.nano", "worker3"],   # types, node names or ids whose user-data
                           # never runs (the instance stays running and does nothing)
+      "answer_delay": {"RunInstances": 5},    # the call is carried out, its answer comes
+                          # that many seconds late (a controller killed meanwhile)
       "spot_interrupt": {"worker2": 5}        # id or node name -> seconds after it was made
                           # real: the agent terminates it on moto, as AWS reclaims spot
     }
@@ -232,7 +234,7 @@ def ec2_error_xml(code: str, message: str) -> bytes:
 # ------------------------------------------------------------------------------ knobs
 
 _KNOWN = ("insufficient_capacity", "throttle", "throttle_actions", "boot_delay", "never_boot",
-          "spot_interrupt")
+          "spot_interrupt", "answer_delay")
 
 
 def _str_list(v: Any) -> bool:
@@ -260,6 +262,10 @@ def knob_problem(key: str, value: Any) -> str | None:
     elif key == "boot_delay":
         if not _number(value):
             return "seconds (0 or more)"
+    elif key == "answer_delay":
+        if not (isinstance(value, dict) and all(isinstance(k, str) and _number(v)
+                                                for k, v in value.items())):
+            return 'a mapping {"<action>": seconds}'
     elif key == "spot_interrupt":
         if not (isinstance(value, dict) and all(isinstance(k, str) and _number(v)
                                                 for k, v in value.items())):
@@ -474,12 +480,26 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             conn.request(self.command, self.path, body=body, headers=headers)
             resp = conn.getresponse()
             data = resp.read()
+            self._delay(self._params(body).get("Action", ""))
             self._answer(resp.status, resp.getheaders(), data)
         except OSError as e:
             self._answer(503, [("Content-Type", "text/xml")],
                          ec2_error_xml("Unavailable", f"the local cloud's moto: {e}"))
         finally:
             conn.close()
+
+    def _delay(self, action: str) -> None:
+        """Knob answer_delay: the call is done (moto has carried it out), its answer comes
+        late, as from a slow or dropped connection: a client killed meanwhile never
+        learns what it started."""
+        try:
+            delay = float((read_knobs(self.server.directory).get("answer_delay") or {})
+                          .get(action, 0))
+        except (TypeError, ValueError):
+            delay = 0.0
+        if delay > 0:
+            log.info("cloud proxy: answering %s in %.1f s (answer_delay)", action, delay)
+            time.sleep(delay)
 
     do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _handle
 

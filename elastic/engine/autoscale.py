@@ -95,11 +95,6 @@ class Autoscaler:
                       and (r.data or {}).get("group") == group
                       and (r.data or {}).get("index") is not None)
 
-    def _taken(self, store: Store, project: Project) -> list[int]:
-        """Every index in use in the group: private members and cloud workers."""
-        return sorted(set(self._members(store, project))
-                      | set(self._cloud_indices(store, project.scaling.group)))
-
     def _save(self, store: Store, *, members: list[int] | None = None,
               memory: Memory | None = None, outcomes: list[LaunchOutcome] | None = None,
               queue: dict | None = None, member_classes: dict[int, str] | None = None,
@@ -156,7 +151,7 @@ class Autoscaler:
             if joined and not data.get("joined"):
                 self.newly_joined.append(rec.name)
             state = rec.state
-            if rec.site != PRIVATE and joined and state == State.BOOT:
+            if rec.site != PRIVATE and joined and state == State.BOOT and rec.provider_id:
                 # a cloud node is RUNNING when it joined (there is no console to read)
                 self.fleet.move(store, rec.name, State.RUNNING,
                                 f"joined the batch system from clouds.{rec.site}")
@@ -186,6 +181,9 @@ class Autoscaler:
             memory = Memory.from_dict((rec.data or {}).get("autoscale") or {})
             outcomes = [LaunchOutcome(**o) for o in (rec.data or {}).get("outcomes", [])]
             members = self._members(store, project)
+            # the clouds first: a launch cut off by a killed controller is adopted (or a
+            # vanished instance's node FAILED) before the workers are looked at
+            cloud_notes, cloud_errors = ([], []) if dry_run else self._sweep(store, now)
             workers = self.workers(store, project, snapshot, now)
             # a launch succeeded when its worker joined the batch system (not when its VM
             # booted: an image that boots but never joins is a failed launch)
@@ -193,7 +191,7 @@ class Autoscaler:
                          if w.name in self.newly_joined]
             shape = self._shape(project)
             room = self.fleet.room(members, max(0, spec.max_workers - len(workers)))
-            clouds, limits, cloud_notes, cloud_errors = self._clouds(store, now, dry_run)
+            clouds, limits = self._rooms(store, cloud_errors)
             plan = decide(snapshot, workers, spec, shape,
                           Capacity(private=room, clouds=clouds, limits=limits),
                           memory, now, outcomes=outcomes)
@@ -214,28 +212,31 @@ class Autoscaler:
             self._resume(project, members, workers, result)
         return result
 
-    def _clouds(self, store: Store, now: float, dry_run: bool) \
-            -> tuple[dict[str, int], dict[str, str], list[str], list[str]]:
-        """Each cloud's room this tick (a cloud that does not answer is left out: not
-        connected), what limits it, and errors. Also the sweep: half-recorded launches
-        adopted, orphans terminated, vanished nodes FAILED (not in a dry run)."""
-        rooms: dict[str, int] = {}
-        limits: dict[str, str] = {}
+    def _sweep(self, store: Store, now: float) -> tuple[list[str], list[str]]:
+        """Each cloud's sweep (half-recorded launches adopted, orphans terminated, vanished
+        nodes FAILED): what was done, and errors."""
         notes: list[str] = []
         errors: list[str] = []
         for name, site in self.clouds.items():
             try:
-                if not dry_run:
-                    for what in site.sweep(store, now):
-                        store.record_event(self.name, "cloud:sweep", now, reason=what)
-                        notes.append(f"clouds.{name}: {what}")
-                room, why = site.room(store)
+                for what in site.sweep(store, now):
+                    store.record_event(self.name, "cloud:sweep", now, reason=what)
+                    notes.append(f"clouds.{name}: {what}")
             except ElasticError as e:
                 errors.append(f"clouds.{name}: {e}")
-                continue
-            rooms[name] = room
-            limits[name] = why
-        return rooms, limits, notes, errors
+        return notes, errors
+
+    def _rooms(self, store: Store, errors: list[str]) -> tuple[dict[str, int], dict[str, str]]:
+        """Each cloud's room this tick and what limits it; a cloud that does not answer is
+        left out (not connected) and its error added to ``errors``."""
+        rooms: dict[str, int] = {}
+        limits: dict[str, str] = {}
+        for name, site in self.clouds.items():
+            try:
+                rooms[name], limits[name] = site.room(store)
+            except ElasticError as e:
+                errors.append(f"clouds.{name}: {e}")
+        return rooms, limits
 
     def _resume(self, project: Project, members: list[int], workers: list[WorkerView],
                 result: TickResult) -> None:
@@ -384,7 +385,8 @@ class Autoscaler:
                                  "its section is gone)") from None
 
     def _burst(self, site: str, count: int, project: Project, members: list[int],
-               result: TickResult | None, avoid: set[int] = frozenset()) -> list[LaunchOutcome]:
+               result: TickResult | None,
+               avoid: frozenset[int] | set[int] = frozenset()) -> list[LaunchOutcome]:
         """``count`` new workers on cloud ``site`` (indices neither in ``members`` nor in
         ``avoid``); the failed launches as outcomes."""
         group = project.scaling.group

@@ -39,7 +39,7 @@ from elastic.adapters.providers.ec2 import EC2
 from elastic.adapters.run import run
 from elastic.adapters.userdata import SGE_SHARE, boot_scripts, cloud_context, render_user_data
 from elastic.engine.vpnhub import make_hub, overlay_network, take_down
-from elastic.errors import ConfigError, ElasticError, PermanentError
+from elastic.errors import ConfigError, ElasticError, PermanentError, TransientError
 from elastic.lifecycle import State
 from elastic.model import CloudInstance, NodeSpec, Project
 from elastic.policy.cloud import affordable, orphans, price_of, vanished
@@ -49,8 +49,8 @@ log = logging.getLogger(__name__)
 
 Move = Callable[[Store, str, str, State, str], None]   # (store, project, node, state, why)
 
-LIVE = (State.PENDING, State.PROLOG, State.BOOT, State.RUNNING, State.DRAINING,
-        State.MIGRATING, State.SHUTDOWN, State.EPILOG, State.FAILED)
+class BudgetExhausted(TransientError):
+    """No instance type fits clouds.<name>.max_hourly_cost now."""
 
 
 def cluster_id(store: Store, project: str, cloud: str) -> str:
@@ -200,12 +200,26 @@ class CloudSite:
         if not fit:
             return 0, (f"budget: {cost:.4g} $/h of clouds.{self.name}.max_hourly_cost "
                        f"{self.spec.max_hourly_cost:g} $/h used; no instance type fits")
-        price = price_of(fit[0], self.spec.prices, key=f"clouds.{self.name}.prices")
+        # counted at the dearest type that fits: a launch may fail over to it
+        dearest = max(fit, key=lambda t: price_of(t, self.spec.prices))
+        price = price_of(dearest, self.spec.prices)
         by_budget = int((self.spec.max_hourly_cost - cost + 1e-9) // price) if price else room
         if by_budget < room:
-            return by_budget, (f"budget: {cost:.4g} $/h of {self.spec.max_hourly_cost:g} $/h "
-                               f"used, room for {by_budget} more {fit[0]}")
+            return by_budget, (f"budget: {cost:.4g} $/h of clouds.{self.name}.max_hourly_cost "
+                               f"{self.spec.max_hourly_cost:g} $/h used, room for {by_budget} "
+                               f"more at {price:g} $/h ({dearest})")
         return room, why
+
+    def _affordable(self) -> list[str]:
+        """The instance types one more of which fits the budget now, in the spec's order."""
+        if self.spec.max_hourly_cost is None:
+            return list(self.spec.instance_types)
+        cost = self.ec2.hourly_cost(self.ec2.instances())
+        fit, why_not = affordable(self.spec.instance_types, self.spec.prices, cost,
+                                  self.spec.max_hourly_cost, key=f"clouds.{self.name}.prices")
+        if not fit:
+            raise BudgetExhausted("; ".join(why_not))
+        return fit
 
     # ------------------------------------------------------------------------ launch
     def launch(self, store: Store, project: Project, node: NodeSpec, now: float) -> str:
@@ -221,6 +235,8 @@ class CloudSite:
             store.add_node(self.project_name, node.name, now, site=self.name, data=data,
                            reason=f"bursting to clouds.{self.name}")
         try:
+            types = self._affordable()        # the budget, at the moment of launching
+            batch = project.scaling.batch.system if project.scaling else None
             vpn = self.hub.enroll(store, node.name)
             overlay = vpn.address.split("/")[0]
             self.batch.admit(node.name, overlay)
@@ -230,11 +246,12 @@ class CloudSite:
                 extra={**vpn.context(), "SGE_MASTER": self.master[0],
                        "SGE_MASTER_IP": self.master[1], "SGE_SLOTS": str(node.vcpus),
                        "SGE_ROOT": self.spec.sge_root, "SGE_SHARE": SGE_SHARE},
-                batch=project.scaling.batch.system if project.scaling else None)
-            user_data = render_user_data(tree, boot_scripts("sge"), node.fullname)
+                batch=batch)
+            user_data = render_user_data(tree, boot_scripts(batch), node.fullname)
             self.move(store, self.project_name, node.name, State.PROLOG,
                       f"enrolled on the VPN hub as {overlay}; launching on clouds.{self.name}")
-            inst = self.ec2.launch(node.name, user_data, token=token)
+            inst = self.ec2.launch(node.name, user_data, token=token,
+                                   instance_types=types)
         except ElasticError as e:
             self._forget(store, node.name, f"launch on clouds.{self.name} failed: {e}",
                          State.FAILED)

@@ -23,6 +23,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from elastic.adapters.openvpn import (
+    PKI, OpenVPNEnrolment, OpenVPNServer, ccd_entry, fingerprint, server_config,
+)
 from elastic.adapters.run import run
 from elastic.adapters.vpn import KeyStore, WireGuard, overlay_addresses
 from elastic.clock import Clock, SystemClock
@@ -142,18 +145,25 @@ class Hub:
         return added, removed
 
     def _lease(self, store: Store, node: str) -> str:
-        network = overlay_network(self.cloud)
-        held = {lease.address: lease.node for lease in store.leases(self.project, network)}
-        mine = next((a for a, n in held.items() if n == node), None)
-        if mine:
-            return mine
-        for address in self._peer_addresses:
-            if address not in held:
-                store.lease(self.project, network, address, node, "vpn0",
-                            _overlay_mac(address), self.clock.now())
-                return address
-        raise PermanentError(f"the VPN overlay {self.vpn.overlay} of clouds.{self.cloud} is "
-                             f"full: make clouds.{self.cloud}.vpn.overlay larger")
+        return lease_overlay(store, self.project, self.cloud, self.vpn.overlay, node,
+                             self.clock.now())
+
+
+def lease_overlay(store: Store, project: str, cloud: str, overlay: str, node: str,
+                  now: float) -> str:
+    """A cloud node's overlay address (the one it holds, else the first free one after the
+    hub's), leased in the state DB under ``vpn:<cloud>``. Both hubs lease through here."""
+    network = overlay_network(cloud)
+    held = {lease.address: lease.node for lease in store.leases(project, network)}
+    mine = next((a for a, n in held.items() if n == node), None)
+    if mine:
+        return mine
+    for address in overlay_addresses(overlay)[1]:
+        if address not in held:
+            store.lease(project, network, address, node, "vpn0", _overlay_mac(address), now)
+            return address
+    raise PermanentError(f"the VPN overlay {overlay} of clouds.{cloud} is full: make "
+                         f"clouds.{cloud}.vpn.overlay larger")
 
 
 def _key_name(node: str) -> str:
@@ -190,13 +200,134 @@ def take_down(kind: str, ifname: str, netns: str | None, state_dir: Path) -> Non
     WireGuard(ifname, netns=netns, log_dir=Path(state_dir) / "vpn").down()
 
 
-class OpenVPNHub:
-    """The OpenVPN hub (vpn.type: openvpn): not built yet."""
+def openvpn_ifname(project: str, cloud: str) -> str:
+    """The OpenVPN hub's tun device: 'eov' and a short hash of project and cloud."""
+    return "eov" + hashlib.sha256(f"{project}/{cloud}".encode()).hexdigest()[:8]
 
-    def __init__(self, project: str, cloud: str, vpn, state_dir: Path, **_: object) -> None:
-        raise PermanentError(f"clouds.{cloud}.vpn.type openvpn: the OpenVPN hub is not built "
-                             "yet; use wireguard")
+
+class OpenVPNHub:
+    """The OpenVPN hub of a project's cloud (vpn.type: openvpn), with the surface of ``Hub``:
+    one server (tun ``ifname``, UDP ``vpn.port``) whose clients are the cloud nodes, each
+    with a certificate of the project's CA (CN = node name) and a client-config-dir file
+    that pushes its leased overlay address. ``ccd-exclusive``: a client without a ccd file
+    is refused, so retiring a node is removing its file and killing its session.
+
+        hub = OpenVPNHub("sgelab", "ec2", cloud_spec.vpn, state_dir, endpoint="203.0.113.7:1194")
+        hub.ensure()                        # CA, server cert, server running: idempotent
+        vpn = hub.enroll(store, "worker5")  # address leased, cert issued, ccd file written
+        hub.retire(store, "worker5")        # ccd file gone, session killed, cert forgotten
+    """
+
+    def __init__(self, project: str, cloud: str, vpn, state_dir: Path, *,
+                 endpoint: str, routes: tuple[str, ...] = (), netns: str | None = None,
+                 clock: Clock | None = None, keepalive: tuple[int, int] = (10, 60),
+                 server: Callable[..., OpenVPNServer] = OpenVPNServer) -> None:
+        if vpn.type != "openvpn":
+            raise PermanentError(f"clouds.{cloud}.vpn.type {vpn.type}: not openvpn")
+        self.project, self.cloud, self.vpn = project, cloud, vpn
+        self.endpoint = endpoint          # host:port as the cloud nodes see the hub
+        self.routes = tuple(routes)
+        self.netns = netns
+        self.clock = clock or SystemClock()
+        self.keepalive = keepalive
+        self.hub_address = overlay_addresses(vpn.overlay)[0]
+        self.prefix = ipaddress.ip_network(vpn.overlay).prefixlen
+        self.hub_name = f"hub-{cloud}"    # the server certificate's CN
+        self.pki = PKI(Path(state_dir) / "vpn" / project / "openvpn", cloud,
+                       now=self.clock.now, ca_name=f"elastic {project} CA")
+        self.ccd = self.pki.dir / "ccd"
+        self.server = server(openvpn_ifname(project, cloud), netns=netns,
+                             directory=self.pki.dir, log_dir=Path(state_dir) / "vpn")
+
+    @property
+    def ifname(self) -> str:
+        """The hub's tun device (unique on the machine; recorded so `elastic down` finds it)."""
+        return self.server.ifname
+
+    def config(self) -> str:
+        return server_config(ifname=self.ifname, directory=self.pki.dir, port=self.vpn.port,
+                             hub_address=self.hub_address, overlay=self.vpn.overlay,
+                             mtu=self.vpn.mtu, keepalive=self.keepalive)
+
+    # ------------------------------------------------------------------------ the hub
+    def ensure(self) -> str:
+        """The CA, the server's certificate, the server running (started again if it
+        died), forwarding on. Idempotent. Returns the CA's SHA-256 fingerprint."""
+        ca = self.pki.ca()
+        self.pki.get("hub", cn=self.hub_name, server=True)
+        self.ccd.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.server.up(self.config())
+        run(["sysctl", "-qw", "net.ipv4.ip_forward=1"], netns=self.netns, timeout=10)
+        return fingerprint(ca.cert_pem)
+
+    def down(self) -> None:
+        """The server stopped and its tun device gone; the CA and certificates stay."""
+        self.server.down()
 
     @staticmethod
     def take_down(ifname: str, netns: str | None, state_dir: Path) -> None:
-        return None
+        """`elastic down`: the server of ``ifname`` (from its pid file) stopped, no tun."""
+        OpenVPNServer.stop(ifname, netns, Path(state_dir) / "vpn")
+
+    # ---------------------------------------------------------------------- the nodes
+    def enroll(self, store: Store, node: str) -> OpenVPNEnrolment:
+        """Before a cloud node is launched: its overlay address (leased), its key and
+        certificate (CN = node name), its ccd file. The node's record must exist.
+        Idempotent."""
+        name = _key_name(node)
+        address = lease_overlay(store, self.project, self.cloud, self.vpn.overlay, node,
+                                self.clock.now())
+        issued = self.pki.get(name, cn=node)
+        self._write_ccd(node, address)
+        return OpenVPNEnrolment(node, f"{address}/{self.prefix}", self.pki.ca().cert_pem,
+                                issued.cert_pem, issued.key_pem, self.hub_name,
+                                self.endpoint, self.routes, self.vpn.mtu)
+
+    def _write_ccd(self, node: str, address: str) -> bool:
+        self.ccd.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path = self.ccd / node
+        text = ccd_entry(address, self.vpn.overlay)
+        if path.exists() and path.read_text() == text:
+            return False
+        tmp = self.ccd / f".{node}.tmp"
+        tmp.write_text(text)
+        tmp.replace(path)
+        return True
+
+    def retire(self, store: Store, node: str) -> None:
+        """After a cloud node is gone: its ccd file removed (the server refuses it from now
+        on), its session killed, its key and certificate forgotten. (Its overlay address
+        goes with the node's other leases when the node is released.)"""
+        name = _key_name(node)
+        (self.ccd / node).unlink(missing_ok=True)
+        self.server.kill_client(node)
+        self.pki.forget(name)
+
+    def enrolled(self) -> list[str]:
+        """The nodes that have a ccd file (the server admits exactly those)."""
+        if not self.ccd.is_dir():
+            return []
+        return sorted(p.name for p in self.ccd.iterdir() if not p.name.startswith("."))
+
+    def reconcile(self, store: Store) -> tuple[list[str], list[str]]:
+        """The server running (``ensure``: started again after a crash), and the ccd files
+        exactly the live, enrolled cloud nodes of the DB: (added, removed) node names."""
+        self.ensure()
+        want = sorted(rec.name for rec in store.list_nodes(self.project)
+                      if rec.site == self.cloud and rec.state != State.DONE
+                      and self.pki.has(_key_name(rec.name)))
+        have = set(self.enrolled())
+        added = []
+        for node in want:
+            missing = node not in have
+            address = lease_overlay(store, self.project, self.cloud, self.vpn.overlay, node,
+                                    self.clock.now())
+            if self._write_ccd(node, address) or missing:
+                added.append(node)
+        removed = sorted(have - set(want))
+        for node in removed:
+            if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]*", node):
+                self.retire(store, node)
+            else:                                 # not elastic's: admit no one by it
+                (self.ccd / node).unlink(missing_ok=True)
+        return added, removed

@@ -46,6 +46,9 @@ if TYPE_CHECKING:   # read only for its fields: the policy does not depend on th
 
 BOOTING = frozenset({State.PENDING, State.PROLOG, State.BOOT, State.RUNNING})  # not joined
 AT_WORK = frozenset({State.RUNNING, State.MIGRATING})                         # joined
+# joined the batch system before its own record caught up (a cloud launch adopted after a
+# controller was killed, a console marker not read yet): it takes jobs, it counts as running
+JOINED_EARLY = frozenset({State.PENDING, State.PROLOG, State.BOOT})
 BACKOFF_MAX_FACTOR = 8
 MAX_REJECTED_NOTES = 5
 
@@ -101,7 +104,7 @@ def decide(snapshot: QueueSnapshot, workers: Sequence[WorkerView], spec: Scaling
             ledger.boot_timeout(w, now - w.created)
     gone = {a.node for a in replaced}
     counted = [w for w in live if w.name not in gone]        # exist until destroyed
-    running = [w for w in counted if w.joined and w.state in AT_WORK]
+    running = [w for w in counted if w.joined and w.state in AT_WORK | JOINED_EARLY]
     booting = [w for w in counted if not w.joined and w.state in BOOTING]
     draining = [w for w in counted if w.state == State.DRAINING]
 

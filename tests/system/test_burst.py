@@ -49,7 +49,10 @@ def cloud_lab(lab):
     return info
 
 
-def burst_spec(tmp: Path, info, *, extra_cloud: str = "") -> Path:
+def burst_spec(tmp: Path, info, *, extra_cloud: str = "", name: str = PROJECT,
+               replace: tuple[tuple[str, str], ...] = ()) -> Path:
+    """The shipped example as this module's project; ``extra_cloud`` adds lines to
+    clouds.ec2, ``replace`` changes other settings (old, new)."""
     text = EXAMPLE.read_text()
     for old, new in (
             ("project: sgeburst", f"project: {PROJECT}"),
@@ -60,10 +63,10 @@ def burst_spec(tmp: Path, info, *, extra_cloud: str = "") -> Path:
             ("vpn: {type: wireguard, port: 51820, overlay: 10.250.0.0/24}",
              f"vpn: {{type: wireguard, port: 51829, overlay: {OVERLAY}, "
              f"endpoint: 172.31.255.254, netns: {FRONT}}}\n"
-             f"    endpoint_url: {info.cloud_endpoint}" + extra_cloud)):
+             f"    endpoint_url: {info.cloud_endpoint}" + extra_cloud), *replace):
         assert old in text, old
         text = text.replace(old, new)
-    path = tmp / f"{PROJECT}.yaml"
+    path = tmp / f"{name}.yaml"
     path.write_text(f"include: [{info.hosts_file}]\n" + text)
     return path
 
@@ -87,50 +90,185 @@ def hub_peers() -> list[str]:
     return [line for line in out.splitlines() if line.strip()]
 
 
-def test_full_private_hosts_burst_cloud_workers_that_run_the_jobs_and_then_go(
-        cloud_lab, tmp_path):
-    info = cloud_lab
-    state = tmp_path / "state"
-    spec = burst_spec(tmp_path, info)
-    log = tmp_path / "autoscale.log"
-    elastic(state, "up", str(spec), timeout=600)
+@pytest.fixture(scope="module")
+def burst_cluster(cloud_lab, tmp_path_factory):
+    """The head of the module's project, up for its tests; each test runs the autoscaler
+    with its own variant of the spec (clouds and scaling settings only)."""
+    tmp = tmp_path_factory.mktemp("burst")
+    state = tmp / "state"
+    elastic(state, "up", str(burst_spec(tmp, cloud_lab)), timeout=600)
     head = Head(state, PROJECT, HEAD_LAN)
     DIAGNOSE.append((head, state, PROJECT))
     try:
         head.wait_ready()
-        jobs = head.qsub(6, count=4)
-        seen: dict[str, str] = {}          # worker -> site
-        most = 0
-        with autoscaler(state, spec, log):
-            def finished():
-                nonlocal most
-                nodes = [n for n in status(state, PROJECT)["nodes"]
-                         if n["name"].startswith("worker")]
-                seen.update({n["name"]: n["site"] for n in nodes})
-                most = max(most, len(nodes))
-                done = head.qacct()
-                return done if all(j in done for j in jobs) else None
-            done = wait_for("4 jobs to finish on cloud workers", finished, 300, log, every=2)
-            for j in jobs:
-                assert done[j]["exit_status"] == "0" and done[j]["failed"] == "0", done[j]
-                assert done[j]["owner"] == "sgeuser"
-                assert seen.get(done[j]["hostname"]) == "ec2", (done[j]["hostname"], seen)
-            assert 1 <= most <= 2                       # clouds.ec2.max_nodes 2
-            # idle: drained, out of Grid Engine, terminated, peers off the hub
-            wait_for("the cloud workers to go", lambda: not [
-                n for n in status(state, PROJECT)["nodes"] if n["name"].startswith("worker")],
-                180, log, every=2)
-            wait_for("their instances to be terminated", lambda: not cloud_instances(info),
-                     60, log)
-        assert not hub_peers(), hub_peers()
-        report = status(state, PROJECT)
-        reasons = [d["reason"] for d in report["decisions"] if d["kind"] == "decision:launch"]
-        assert any("private hosts are full" in r and "bursting" in r and "to ec2" in r
-                   for r in reasons), reasons
-        qhost = head.sh("qhost")
-        assert not re.search(r"^worker", qhost, re.M), qhost
-        print(f"\n4 jobs ran on {sorted(seen)} (at most {most} at once), all gone after")
+        yield state, head
     finally:
         head.close()
         elastic(state, "down", PROJECT, timeout=300, check=False)
-    assert not cloud_instances(info)
+        assert not cloud_instances(cloud_lab), "elastic down left instances running"
+
+
+@pytest.fixture
+def knobs(cloud_lab):
+    """Set the local EC2's knobs; all cleared after the test."""
+    from elastic.adapters import cloudlab
+    directory = cloud_lab.hosts_file.parent / "cloud"
+    set_ = []
+
+    def set_knobs(**kw):
+        set_.extend(kw)
+        return cloudlab.set_knobs(directory, **kw)
+    yield set_knobs
+    cloudlab.set_knobs(directory, **{k: None for k in set_})
+
+
+def cloud_workers(state: Path) -> dict[str, dict]:
+    return {n["name"]: n for n in status(state, PROJECT)["nodes"]
+            if n["name"].startswith("worker") and n["state"] != "DONE"}
+
+
+def events(state: Path) -> list:
+    from elastic.state import Store
+    with Store.open(state, readonly=True) as store:
+        return store.events(PROJECT)
+
+
+def no_workers_left(state: Path, info, log: Path) -> None:
+    wait_for("the cloud workers to go", lambda: not cloud_workers(state), 180, log, every=2)
+    wait_for("their instances to be terminated", lambda: not cloud_instances(info), 60, log)
+    assert not hub_peers(), hub_peers()
+
+
+def test_full_private_hosts_burst_cloud_workers_that_run_the_jobs_and_then_go(
+        burst_cluster, cloud_lab, tmp_path):
+    state, head = burst_cluster
+    spec = burst_spec(tmp_path, cloud_lab)
+    log = tmp_path / "autoscale.log"
+    jobs = head.qsub(6, count=4)
+    seen: dict[str, str] = {}          # worker -> site
+    most = 0
+    with autoscaler(state, spec, log):
+        def finished():
+            nonlocal most
+            nodes = cloud_workers(state)
+            seen.update({n: w["site"] for n, w in nodes.items()})
+            most = max(most, len(nodes))
+            done = head.qacct()
+            return done if all(j in done for j in jobs) else None
+        done = wait_for("4 jobs to finish on cloud workers", finished, 300, log, every=2)
+        for j in jobs:
+            assert done[j]["exit_status"] == "0" and done[j]["failed"] == "0", done[j]
+            assert done[j]["owner"] == "sgeuser"
+            assert seen.get(done[j]["hostname"]) == "ec2", (done[j]["hostname"], seen)
+        assert 1 <= most <= 2                       # clouds.ec2.max_nodes 2
+        # idle: drained, out of Grid Engine, terminated, peers off the hub
+        no_workers_left(state, cloud_lab, log)
+    report = status(state, PROJECT)
+    reasons = [d["reason"] for d in report["decisions"] if d["kind"] == "decision:launch"]
+    assert any("private hosts are full" in r and "bursting" in r and "to ec2" in r
+               for r in reasons), reasons
+    qhost = head.sh("qhost")
+    assert not re.search(r"^worker", qhost, re.M), qhost
+    print(f"\n4 jobs ran on {sorted(seen)} (at most {most} at once), all gone after")
+
+
+def test_no_capacity_for_the_first_type_fails_over_and_the_budget_stops_launches(
+        burst_cluster, cloud_lab, tmp_path, knobs):
+    state, head = burst_cluster
+    # t3.small has no capacity; a t3.medium costs 0.0416 $/h: one fits 0.05 $/h, two do not
+    spec = burst_spec(tmp_path, cloud_lab, replace=(
+        ("max_hourly_cost: 1.0", "max_hourly_cost: 0.05"),))
+    knobs(insufficient_capacity={"types": ["t3.small"]})
+    log = tmp_path / "autoscale.log"
+    before = set(cloud_instances_types(cloud_lab))
+    jobs = head.qsub(10, count=2)
+    with autoscaler(state, spec, log):
+        # while the second job waits, status says why nothing more is launched
+        said = wait_for("status to name the budget", lambda: next((m for d in status(
+            state, PROJECT)["decisions"] if (m := re.search(r"ec2 is full \(budget: [^)]*\)",
+                                                            d["reason"]))), None), 120,
+            log, every=1)
+        done = wait_for("2 jobs to finish", lambda: (d := head.qacct()) and all(
+            j in d for j in jobs) and d, 300, log, every=2)
+        no_workers_left(state, cloud_lab, log)
+    new = {i: t for i, t in cloud_instances_types(cloud_lab).items() if i not in before}
+    assert sorted(new.values()) == ["t3.medium"], new   # failed over, and only one of them
+    assert len({done[j]["hostname"] for j in jobs}) == 1, done   # one worker ran both
+    assert "max_hourly_cost 0.05" in said.group(0), said.group(0)
+
+
+def cloud_instances_types(info) -> dict[str, str]:
+    from elastic.adapters.cloudlab import ec2_client
+    c = ec2_client(info.cloud_endpoint, "us-east-1")
+    return {i["InstanceId"]: i["InstanceType"]
+            for r in c.describe_instances(Filters=[{"Name": "tag:elastic:project",
+                                                    "Values": [PROJECT]}])["Reservations"]
+            for i in r["Instances"]}
+
+
+def test_a_boot_that_never_completes_is_terminated_and_replaced(
+        burst_cluster, cloud_lab, tmp_path, knobs):
+    state, head = burst_cluster
+    spec = burst_spec(tmp_path, cloud_lab, replace=(("boot_timeout: 90s", "boot_timeout: 20s"),))
+    knobs(never_boot=["worker1"])
+    log = tmp_path / "autoscale.log"
+    (job,) = head.qsub(2)
+    with autoscaler(state, spec, log):
+        first = wait_for("the first instance", lambda: next(iter(cloud_instances(cloud_lab)),
+                                                            None), 60, log, every=0.5)
+        knobs(never_boot=[first])          # that one never boots; its replacement will
+        wait_for("the replacement", lambda: any(
+            e.kind == "decision:replace" for e in events(state)), 90, log)
+        done = wait_for("the job to finish", lambda: head.qacct().get(job), 180, log, every=2)
+        assert first not in cloud_instances(cloud_lab)        # terminated
+        no_workers_left(state, cloud_lab, log)
+    assert done["exit_status"] == "0", done
+    (replace,) = [e for e in events(state) if e.kind == "decision:replace"]
+    assert "has not joined the batch system" in replace.reason
+
+
+def test_a_controller_killed_between_run_instances_and_recording_adopts_the_instance(
+        burst_cluster, cloud_lab, tmp_path, knobs):
+    import signal
+    state, head = burst_cluster
+    spec = burst_spec(tmp_path, cloud_lab)
+    knobs(answer_delay={"RunInstances": 8})   # launched at once, answered 8 s late
+    log = tmp_path / "autoscale.log"
+    (job,) = head.qsub(2)
+    before = set(cloud_instances_types(cloud_lab))
+    with autoscaler(state, spec, log) as p:
+        wait_for("an instance launched but not yet answered", lambda: cloud_instances(
+            cloud_lab), 60, log, every=0.2)
+        p.send_signal(signal.SIGKILL)
+        p.wait(10)
+    (made,) = cloud_instances(cloud_lab)
+    (node,) = cloud_workers(state).values()
+    assert node["state"] == "PROLOG" and node["host"] in (None, ""), node   # not recorded
+    knobs(answer_delay=None)
+    with autoscaler(state, spec, log):
+        done = wait_for("the job to finish", lambda: head.qacct().get(job), 180, log, every=2)
+        assert done["exit_status"] == "0" and done["hostname"] == node["name"], done
+        # adopted, never a second one
+        assert set(cloud_instances_types(cloud_lab)) - before == {made}
+        no_workers_left(state, cloud_lab, log)
+    assert any(e.kind == "cloud:sweep" and "adopted" in e.reason for e in events(state))
+
+
+def test_a_spot_interruption_reschedules_the_job_which_completes_elsewhere(
+        burst_cluster, cloud_lab, tmp_path, knobs):
+    state, head = burst_cluster
+    spec = burst_spec(tmp_path, cloud_lab, extra_cloud="\n    spot: true")
+    knobs(spot_interrupt={"worker1": 25})      # AWS takes worker1 back 25 s after it starts
+    log = tmp_path / "autoscale.log"
+    jobs = head.qsub(40, count=2)
+    with autoscaler(state, spec, log):
+        wait_for("worker1 to be interrupted", lambda: any(
+            "worker1" in (e.reason or "") and "replace it" in (e.reason or "")
+            for e in events(state)), 120, log, every=2)
+        done = wait_for("both jobs to finish", lambda: (d := head.qacct()) and all(
+            j in d and d[j]["exit_status"] == "0" for j in jobs) and d, 300, log, every=3)
+        no_workers_left(state, cloud_lab, log)
+    ran_on = {done[j]["hostname"] for j in jobs}
+    assert "worker1" not in ran_on, done                 # the interrupted one's job moved
+    failed = [e for e in events(state) if e.kind == "decision:remove" and "FAILED" in e.reason]
+    assert failed, "worker1 was not removed as FAILED"

@@ -402,7 +402,7 @@ def test_never_above_max_workers_and_never_removes_a_busy_worker(
     drains = plan.of_kind("drain")
     if drains:
         serving = sum(1 for w in live if w.name not in replaced and (
-            (w.joined and w.state == State.RUNNING)
+            (w.joined and w.state in (State.RUNNING, State.PENDING, State.PROLOG, State.BOOT))
             or (not w.joined and w.state in (State.PENDING, State.PROLOG, State.BOOT,
                                              State.RUNNING))))
         assert serving - len(drains) >= sp.min_workers
@@ -411,3 +411,12 @@ def test_never_above_max_workers_and_never_removes_a_busy_worker(
         assert not servable
     event("launch" if plan.launched else "drain" if drains else
           "remove" if plan.of_kind("remove") else "other")
+
+
+def test_a_worker_that_joined_before_its_record_caught_up_takes_the_jobs():
+    """A cloud launch adopted after a killed controller is still PROLOG in the DB, but its
+    node has joined the batch system: it runs jobs, and nothing more is launched for them."""
+    early = worker("worker1", site="ec2", state=State.PROLOG, joined=True, idle=None, slots=4)
+    plan = run([job(1, slots=2)], [early])
+    assert not plan.of_kind("launch"), plan
+    assert not plan.of_kind("replace"), plan
