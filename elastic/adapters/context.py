@@ -42,7 +42,7 @@ _NAME_RE = re.compile(r"^[A-Z][A-Z0-9_]*$")
 _RESERVED = frozenset({"PATH", "IFS", "HOME", "PWD", "ENV", "PS1", "PS2", "PS4", "OPTIND",
                        "SHELL", "USER", "LOGNAME", "TERM"})
 _ETH_RE = re.compile(r"^eth(\d{1,2})$")
-_SECRET_RE = re.compile(r"(PASSWORD_HASH|SSH_KEYS)$")
+_SECRET_RE = re.compile(r"(PASSWORD_HASH|SSH_KEYS|PRIVATE_KEY|VPN_KEY)$")
 # Files in the ISO get this mtime, so that equal trees make equal file entries.
 _EPOCH = 946684800  # 2000-01-01T00:00:00Z
 ISO_TIMEOUT = 60.0

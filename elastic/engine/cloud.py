@@ -42,7 +42,7 @@ from elastic.engine.vpnhub import make_hub, overlay_network, take_down
 from elastic.errors import ConfigError, ElasticError, PermanentError, TransientError
 from elastic.lifecycle import State
 from elastic.model import CloudInstance, NodeSpec, Project
-from elastic.policy.cloud import affordable, orphans, price_of, vanished
+from elastic.policy.cloud import affordable, budget_room, orphans, vanished
 from elastic.state import Store
 
 log = logging.getLogger(__name__)
@@ -176,9 +176,12 @@ class CloudSite:
         # the master answers the cloud nodes through the hub (it is on the master's network)
         self.batch.route(self.spec.vpn.overlay, via)
         self.ec2.ensure_security_group(self.spec.vpn.port)
+        rec = store.get_project(self.project_name)
+        entry = (((rec.data or {}).get("clouds") or {}).get(self.name) or {}) if rec else {}
+        hub = {"type": self.spec.vpn.type, "ifname": self.hub.ifname, "netns": self.hub.netns}
+        hubs = [h for h in entry.get("hubs") or () if h != hub] + [hub]   # every hub made
         _record_cloud(store, self.project_name, self.name,
-                      spec=self.spec.model_dump(mode="json"), netns=self.hub.netns,
-                      ifname=self.hub.ifname, lab=self.lab)
+                      spec=self.spec.model_dump(mode="json"), hubs=hubs, lab=self.lab)
         self._ready = True
 
     # ---------------------------------------------------------------------- capacity
@@ -195,20 +198,10 @@ class CloudSite:
         if self.spec.max_hourly_cost is None or room == 0:
             return room, why
         cost = self.ec2.hourly_cost(self.ec2.instances())
-        fit, _ = affordable(self.spec.instance_types, self.spec.prices, cost,
-                            self.spec.max_hourly_cost, key=f"clouds.{self.name}.prices")
-        if not fit:
-            return 0, (f"budget: {cost:.4g} $/h of clouds.{self.name}.max_hourly_cost "
-                       f"{self.spec.max_hourly_cost:g} $/h used; no instance type fits")
-        # counted at the dearest type that fits: a launch may fail over to it
-        dearest = max(fit, key=lambda t: price_of(t, self.spec.prices))
-        price = price_of(dearest, self.spec.prices)
-        by_budget = int((self.spec.max_hourly_cost - cost + 1e-9) // price) if price else room
-        if by_budget < room:
-            return by_budget, (f"budget: {cost:.4g} $/h of clouds.{self.name}.max_hourly_cost "
-                               f"{self.spec.max_hourly_cost:g} $/h used, room for {by_budget} "
-                               f"more at {price:g} $/h ({dearest})")
-        return room, why
+        n, budget = budget_room(self.spec.instance_types, self.spec.prices, cost,
+                                self.spec.max_hourly_cost, room,
+                                key=f"clouds.{self.name}.prices")
+        return (n, budget) if n < room else (room, why)
 
     def _affordable(self) -> list[str]:
         """The instance types one more of which fits the budget now, in the spec's order."""
@@ -289,6 +282,8 @@ class CloudSite:
         instances nobody knows terminated (after the grace), nodes whose instance vanished
         FAILED (the autoscaler replaces them). Returns what was done, as sentences."""
         done: list[str] = []
+        if self.nodes(store):      # cloud workers exist: their hub must be up (a restart)
+            self.ensure(store)
         listed = self.ec2.instances()
         by_token = {i.tags.get("elastic:launch-token"): i for i in listed}
         known: dict[str, str | None] = {}
@@ -348,9 +343,9 @@ def teardown(store: Store, project: str, state_dir: Path) -> list[str]:
         ids = [i.id for i in ec2.instances()]
         ec2.terminate(ids)
         done += [f"terminated {i}" for i in ids]
-        if entry.get("ifname"):
-            take_down(spec.vpn.type, entry["ifname"], entry.get("netns"), state_dir)
-            done.append(f"hub {entry['ifname']} down")
+        for hub in entry.get("hubs") or ():
+            take_down(hub["type"], hub["ifname"], hub.get("netns"), state_dir)
+            done.append(f"hub {hub['ifname']} down")
     keys = Path(state_dir) / "vpn" / project
     if keys.exists():
         shutil.rmtree(keys)     # the hub's and nodes' private keys

@@ -144,6 +144,28 @@ def affordable(instance_types: Sequence[str], prices: Mapping[str, float],
     return fit, why_not
 
 
+def budget_room(instance_types: Sequence[str], prices: Mapping[str, float],
+                running_cost_per_hour: float, max_hourly_cost: float | None, limit: int, *,
+                key: str = "clouds.ec2.prices") -> tuple[int, str]:
+    """How many more instances (at most ``limit``) the budget allows now, and why not more.
+    Counted at the dearest type that fits: a launch may fail over to it (a capacity error
+    on the cheaper one), and the budget must hold even then."""
+    if max_hourly_cost is None:
+        return limit, "no budget set"
+    used = f"{_money(running_cost_per_hour)} $/h of max_hourly_cost " \
+        f"{_money(max_hourly_cost)} $/h used"
+    fit, _ = affordable(instance_types, prices, running_cost_per_hour, max_hourly_cost,
+                        key=key)
+    if not fit:
+        return 0, f"budget: {used}; no instance type fits"
+    dearest = max(fit, key=lambda t: price_of(t, prices, key=key))
+    price = price_of(dearest, prices, key=key)
+    n = int((max_hourly_cost - running_cost_per_hour + 1e-9) // price) if price else limit
+    if n < limit:
+        return n, f"budget: {used}, room for {n} more at {_money(price)} $/h ({dearest})"
+    return limit, f"budget: {used}"
+
+
 def candidates(instance_types: Sequence[str],
                zones: Sequence[str] = ()) -> list[tuple[str, str | None]]:
     """The (instance type, zone) pairs a launch tries, in order: the first type in every

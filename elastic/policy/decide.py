@@ -129,13 +129,16 @@ def decide(snapshot: QueueSnapshot, workers: Sequence[WorkerView], spec: Scaling
                if not w.busy and w.name not in taken_back]
     # a worker lost after it joined (a spot interruption, a host that died): out of the
     # batch system once the batch system has taken its jobs back (rescheduled them)
+    reschedules: list[Action] = []
     for w in sorted(counted, key=lambda w: w.name):
         if w.state != State.FAILED or not w.joined:
             continue
         if w.busy:
-            notes.append(f"{w.name} ({_label(w.site)}) FAILED after it joined; the batch "
-                         f"system still shows {_n(w.running_jobs, 'job')} on it: it is "
-                         "removed once they are rescheduled")
+            reschedules.append(Action(
+                "reschedule", f"{w.name} ({_label(w.site)}) FAILED after it joined (its "
+                f"machine is gone) and the batch system still shows "
+                f"{_n(w.running_jobs, 'job')} on it: requeueing them elsewhere; it is removed "
+                "once it shows none", site=w.site, node=w.name))
         else:
             removes.append(Action("remove", f"{w.name} ({_label(w.site)}) FAILED after it "
                                   "joined and runs nothing now: removing it from the batch "
@@ -151,7 +154,7 @@ def decide(snapshot: QueueSnapshot, workers: Sequence[WorkerView], spec: Scaling
     if not demand.servable and not launches and not undrain:
         drains = _drains(spec, running, serving, ledger, now, notes)
 
-    actions = tuple(replaced + removes + undrain + launches + drains)
+    actions = tuple(replaced + reschedules + removes + undrain + launches + drains)
     return Plan(actions, tuple(ledger.breaker_notes() + notes),
                 ledger.memory(live, now if launches or drains else None))
 

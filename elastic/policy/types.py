@@ -135,7 +135,7 @@ def reset_breaker(memory: Memory, site: str | None = None) -> Memory:
                    breakers={s: r for s, r in memory.breakers.items() if keep(s)})
 
 
-ActionKind = Literal["launch", "drain", "undrain", "remove", "replace"]
+ActionKind = Literal["launch", "drain", "undrain", "remove", "replace", "reschedule"]
 
 
 @dataclass(frozen=True)
@@ -148,6 +148,9 @@ class Action:
     - remove  (node): drained and empty: remove it from the batch system, then destroy the VM.
     - replace (node): it never joined (boot timeout) or FAILED before joining: destroy it;
       its place is free for a launch in the same plan when demand still needs one.
+    - reschedule (node): it FAILED after joining (its machine is gone: a spot
+      interruption): its jobs are requeued elsewhere (the batch system would only after its
+      own timeouts, if at all); it is removed once it shows none.
     """
 
     kind: ActionKind

@@ -272,3 +272,34 @@ def test_a_spot_interruption_reschedules_the_job_which_completes_elsewhere(
     assert "worker1" not in ran_on, done                 # the interrupted one's job moved
     failed = [e for e in events(state) if e.kind == "decision:remove" and "FAILED" in e.reason]
     assert failed, "worker1 was not removed as FAILED"
+
+
+def test_the_same_burst_through_openvpn(burst_cluster, cloud_lab, tmp_path):
+    """vpn.type openvpn: per-node certificates from elastic's CA, the hub an OpenVPN server
+    in the front end; the cloud workers join Grid Engine through it and go when idle."""
+    state, head = burst_cluster
+    spec = burst_spec(tmp_path, cloud_lab, replace=(
+        (f"vpn: {{type: wireguard, port: 51829, overlay: {OVERLAY}",
+         "vpn: {type: openvpn, port: 1194, overlay: 10.250.10.0/24"),))
+    log = tmp_path / "autoscale.log"
+    jobs = head.qsub(4, count=2)
+    seen: set[str] = set()
+    tunnels: set[str] = set()
+    with autoscaler(state, spec, log):
+        def finished():
+            seen.update(cloud_workers(state))
+            out = subprocess.run(["ip", "netns", "exec", FRONT, "ip", "-o", "link"],
+                                 capture_output=True, text=True, timeout=20).stdout
+            tunnels.update(re.findall(r"^\d+: (eov[0-9a-f]+):", out, re.M))
+            d = head.qacct()
+            return d if all(j in d for j in jobs) else None
+        done = wait_for("2 jobs to finish through OpenVPN", finished, 300, log, every=2)
+        for j in jobs:
+            assert done[j]["exit_status"] == "0", done[j]
+            assert done[j]["hostname"] in seen, (done[j]["hostname"], seen)
+        assert tunnels, "no OpenVPN hub (tun eov...) in the front end"
+        wait_for("the cloud workers to go", lambda: not cloud_workers(state), 180, log, every=2)
+        wait_for("their instances to be terminated", lambda: not cloud_instances(cloud_lab),
+                 60, log)
+    ccd = list((state / "vpn" / PROJECT / "openvpn" / "ec2" / "ccd").glob("*"))
+    assert not ccd, ccd                    # every node's client config is gone with it

@@ -67,6 +67,11 @@ class FakeBatch:
     def enable(self, name: str) -> None:
         self.calls.append(("enable", name))
 
+    def reschedule(self, name: str) -> None:
+        self.calls.append(("reschedule", name))
+        self.pending += [j for j in self.running if j.host == name]
+        self.running = [j for j in self.running if j.host != name]
+
     def remove_exec_host(self, name: str) -> None:
         if any(j.host == name for j in self.running):
             raise TransientError(f"{name} still runs jobs")
@@ -417,3 +422,31 @@ def test_add_workers_bursts_what_the_private_hosts_cannot_take(burst):
     with pytest.raises(TransientError, match="only 0 more worker"):
         fleet._room = 0
         scaler.add_workers(1)
+
+
+def test_a_lost_cloud_worker_has_its_jobs_requeued_then_goes(burst):
+    """A spot interruption: the instance vanished (the sweep FAILED the node), its job is
+    requeued through the batch system, then the node is removed; never before."""
+    scaler, batch, fleet, clock, state, cloud = burst
+    batch.pending = [job(1, clock.now() - 10)]
+    scaler.tick()
+    batch.add_exec_host("worker1", 2)
+    batch.pending, batch.running = [], [job(1, clock.now(), host="worker1", state="r")]
+    batch.hosts["worker1"] = ExecHost("worker1", 2, 1)
+    clock.advance(5)
+    scaler.tick()
+    assert states(state) == {"worker1": "RUNNING"}
+    with Store.open(state) as store:                 # what the sweep does when it vanished
+        fleet.move(store, "worker1", State.FAILED, "its instance is no longer listed")
+    clock.advance(5)
+    r = scaler.tick()
+    (resched,) = r.plan.of_kind("reschedule")
+    assert resched.node == "worker1" and "requeueing" in resched.reason
+    assert ("reschedule", "worker1") in batch.calls and not r.plan.of_kind("remove")
+    batch.hosts["worker1"] = ExecHost("worker1", 2, 0)
+    clock.advance(5)
+    r = scaler.tick()
+    assert [a.node for a in r.plan.of_kind("remove")] == ["worker1"]
+    assert cloud.destroyed == ["worker1"]
+    # the requeued job still waits: a new worker (the name is free again) is launched for it
+    assert cloud.launched == ["worker1", "worker1"] and states(state)["worker1"] == "BOOT"

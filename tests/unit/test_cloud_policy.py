@@ -142,3 +142,14 @@ def test_candidates_type_major():
                                                      ("b", "z1"), ("b", "z2")]
     assert candidates(["a", "b"]) == [("a", None), ("b", None)]
     assert candidates([], ["z"]) == []
+
+
+def test_budget_room_counts_at_the_dearest_type_that_fits():
+    from elastic.policy.cloud import budget_room
+    prices = {"small": 0.02, "medium": 0.04}
+    assert budget_room(["small", "medium"], prices, 0.0, None, 5) == (5, "no budget set")
+    n, why = budget_room(["small", "medium"], prices, 0.0, 0.05, 5)
+    assert n == 1 and "room for 1 more at 0.04 $/h (medium)" in why   # a failover may cost 0.04
+    n, why = budget_room(["small", "medium"], prices, 0.04, 0.05, 5)
+    assert n == 0 and "no instance type fits" in why and "0.04 $/h of" in why
+    assert budget_room(["small"], prices, 0.0, 1.0, 3)[0] == 3

@@ -190,6 +190,16 @@ class SGE:
         _check_name(name)
         self._run(["qmod", "-d", f"*@{name}"])
 
+    def reschedule(self, name: str) -> None:
+        """Requeue the jobs of ``name``, whose machine is gone (``qmod -f -rq '*@name'``:
+        forced, as its execd does not answer). Only for a host known to be lost: rerunnable
+        jobs start again elsewhere. A host already gone is fine."""
+        _check_name(name)
+        # disabled first: else the scheduler hands the requeued jobs straight back to the
+        # lost host (an unknown queue instance still takes jobs), seen with SGE 8.1.9
+        self._tolerant(["qmod", "-f", "-d", f"*@{name}"], _ABSENT)
+        self._tolerant(["qmod", "-f", "-rq", f"*@{name}"], _ABSENT)
+
     def enable(self, name: str) -> None:
         _check_name(name)
         self._run(["qmod", "-e", f"*@{name}"])
