@@ -399,7 +399,13 @@ class Autoscaler:
             taken = sorted(set(members) | set(avoid) | set(self._cloud_indices(store, group)))
             for i in _next_indices(taken, count):
                 node = self._member_spec(members, i, group)
-                why = cloud.launch(store, project, node, self.clock.now())
+                try:
+                    why = cloud.launch(store, project, node, self.clock.now())
+                except PermanentError as e:        # the breaker of that cloud opens now
+                    out.append(LaunchOutcome(site, False, node.name, str(e), fatal=True))
+                    if result is not None:
+                        result.errors.append(f"launch {node.name} on {site}: {e}")
+                    break
                 if why:
                     out.append(LaunchOutcome(site, False, node.name, why))
                     if result is not None:

@@ -217,7 +217,9 @@ class CloudSite:
     # ------------------------------------------------------------------------ launch
     def launch(self, store: Store, project: Project, node: NodeSpec, now: float) -> str:
         """Start ``node`` as an instance (see the module's docstring); '' when the instance
-        is starting, else why the launch failed (the node is then gone again)."""
+        is starting, else why the launch failed (the node is then gone again). A failure
+        that trying again will not cure (CloudAuthError, EC2Refused) is raised, after the
+        node is gone again."""
         self.ensure(store)
         rec = store.get_node(self.project_name, node.name)
         attempt = int(((rec.data or {}).get("attempt", 0)) if rec else 0) + 1
@@ -248,6 +250,8 @@ class CloudSite:
         except ElasticError as e:
             self._forget(store, node.name, f"launch on clouds.{self.name} failed: {e}",
                          State.FAILED)
+            if isinstance(e, PermanentError):
+                raise      # credentials refused, a request EC2 will never take: a person's
             return str(e)
         store.transition(self.project_name, node.name, State.BOOT,
                          f"instance {inst.id} ({inst.instance_type}) starting on "

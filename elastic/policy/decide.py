@@ -335,21 +335,24 @@ class _Ledger:
                                   f"{f' ({o.node})' if o.node else ''}: its breaker is closed")
         else:
             what = f"{o.node}: " if o.node else ""
-            self.failure(o.site, f"{what}{o.detail or 'launch failed'}")
+            self.failure(o.site, f"{what}{o.detail or 'launch failed'}", fatal=o.fatal)
 
     def boot_timeout(self, w: WorkerView, age: float) -> None:
         if w.name not in self.timed_out:
             self.timed_out.add(w.name)
             self.failure(w.site, f"{w.name} did not join within {_dur(age)}")
 
-    def failure(self, site: str, detail: str) -> None:
+    def failure(self, site: str, detail: str, fatal: bool = False) -> None:
         self.failures += 1
         n = self.site_failures[site] = self.site_failures.get(site, 0) + 1
         wait = self.spec.backoff * min(2 ** (n - 1), BACKOFF_MAX_FACTOR)
         self.backoff_until[site] = self.now + wait
         self.notes.append(f"launch failed on {_label(site)} ({detail}): no launch there for "
                           f"{_dur(wait)} ({_nth(n)} failure in a row there)")
-        if site not in self.breakers and n >= self.spec.breaker_failures:
+        if site not in self.breakers and fatal:
+            self.breakers[site] = (f"after a launch failure that needs a person "
+                                   f"({detail})")
+        elif site not in self.breakers and n >= self.spec.breaker_failures:
             self.breakers[site] = (f"after {n} consecutive launch failures there "
                                    f"(last: {detail})")
 

@@ -89,6 +89,7 @@ class LaunchOutcome:
     ok: bool
     node: str | None = None
     detail: str = ""
+    fatal: bool = False        # will not go away by itself (credentials refused): breaker now
 
 
 @dataclass(frozen=True)

@@ -334,6 +334,8 @@ class FakeCloud:
         return max(0, self._room - len(live)), f"max_nodes {self._room}"
 
     def launch(self, store, project, node, now):
+        if isinstance(self.fail, Exception):
+            raise self.fail
         if self.fail:
             return self.fail
         store.add_node("auto", node.name, now, site="ec2",
@@ -450,3 +452,17 @@ def test_a_lost_cloud_worker_has_its_jobs_requeued_then_goes(burst):
     assert cloud.destroyed == ["worker1"]
     # the requeued job still waits: a new worker (the name is free again) is launched for it
     assert cloud.launched == ["worker1", "worker1"] and states(state)["worker1"] == "BOOT"
+
+
+def test_refused_credentials_open_the_clouds_breaker_at_once(burst):
+    from elastic.adapters.providers.ec2 import CloudAuthError
+    scaler, batch, fleet, clock, state, cloud = burst
+    cloud.fail = CloudAuthError("EC2 refused run_instances (AuthFailure: bad key); bursting "
+                                "to clouds.ec2 stops until the credentials are fixed")
+    batch.pending = [job(i, clock.now() - 10) for i in range(3)]
+    r = scaler.tick()
+    assert any("AuthFailure" in e for e in r.errors), r.errors
+    clock.advance(600)                                 # long past any backoff
+    r = scaler.tick()
+    assert not r.plan.of_kind("launch")
+    assert any("breaker open on ec2" in n and "needs a person" in n for n in r.plan.notes)
