@@ -1,10 +1,9 @@
 """A cloud the autoscaler bursts to: EC2 instances as workers, each joined to the private
 cluster through the project's VPN hub.
 
-    site = CloudSite.build(project, "ec2", state_dir, batch=sge, move=cluster.move_node,
-                           lab=True)
+    site = CloudSite.build(project, "ec2", state_dir, batch=sge, move=cluster.move_node)
     site.ensure(store)                       # hub, master's route to the overlay, sec. group
-    room, why = site.room(store, now)        # max_nodes and the budget
+    room, why = site.room(store)             # max_nodes and the budget
     failure = site.launch(store, project, node, now)   # '' or why it failed
     site.destroy(store, "worker5", "drained and idle")  # terminate, peer off, leases freed
     site.sweep(store, now)                   # orphans terminated, vanished nodes FAILED
@@ -41,13 +40,15 @@ from elastic.adapters.userdata import SGE_SHARE, boot_scripts, cloud_context, re
 from elastic.engine.vpnhub import make_hub, overlay_network, take_down
 from elastic.errors import ConfigError, ElasticError, PermanentError, TransientError
 from elastic.lifecycle import State
-from elastic.model import CloudInstance, NodeSpec, Project
-from elastic.policy.cloud import affordable, budget_room, orphans, vanished
+from elastic.model import NodeSpec, Project
+from elastic.policy.cloud import (affordable, budget_room, orphans, type_failed, type_worked,
+                                  usable_types, vanished)
 from elastic.state import Store
 
 log = logging.getLogger(__name__)
 
 Move = Callable[[Store, str, str, State, str], None]   # (store, project, node, state, why)
+
 
 class BudgetExhausted(TransientError):
     """No instance type fits clouds.<name>.max_hourly_cost now."""
@@ -114,6 +115,8 @@ class CloudSite:
         self.master = master               # (name, address) of the batch master
         self.spec_dir = spec_dir
         self.lab = False                   # the lab's local EC2 (its dummy credentials)
+        self.type_backoff = 60.0           # a type without capacity waits this, doubling
+        self.route_source = route_source   # (address, netns) -> the hub's address toward it
         self._ready = False
 
     @classmethod
@@ -161,6 +164,7 @@ class CloudSite:
         site = cls(project, name, state_dir, batch=batch, move=move, provider=provider,
                    hub=hub, master=(master.name, address), spec_dir=Path(project.source).parent)
         site.lab = lab
+        site.type_backoff = sc.backoff
         return site
 
     # ----------------------------------------------------------------------- the hub
@@ -172,7 +176,7 @@ class CloudSite:
             return
         self.hub.ensure()
         self.hub.reconcile(store)
-        via = route_source(self.master[1], self.hub.netns)
+        via = self.route_source(self.master[1], self.hub.netns)
         # the master answers the cloud nodes through the hub (it is on the master's network)
         self.batch.route(self.spec.vpn.overlay, via)
         self.ec2.ensure_security_group(self.spec.vpn.port)
@@ -230,7 +234,7 @@ class CloudSite:
             store.add_node(self.project_name, node.name, now, site=self.name, data=data,
                            reason=f"bursting to clouds.{self.name}")
         try:
-            types = self._affordable()        # the budget, at the moment of launching
+            types = self._types(store, now)   # the budget and the types backing off
             batch = project.scaling.batch.system if project.scaling else None
             vpn = self.hub.enroll(store, node.name)
             overlay = vpn.address.split("/")[0]
@@ -245,18 +249,42 @@ class CloudSite:
             user_data = render_user_data(tree, boot_scripts(batch), node.fullname)
             self.move(store, self.project_name, node.name, State.PROLOG,
                       f"enrolled on the VPN hub as {overlay}; launching on clouds.{self.name}")
-            inst = self.ec2.launch(node.name, user_data, token=token,
-                                   instance_types=types)
+            inst = self.ec2.launch(
+                node.name, user_data, token=token, instance_types=types,
+                on_capacity=lambda itype, _zone, _code: self._type_failures(
+                    store, lambda f: type_failed(f, itype, now)))
         except ElasticError as e:
             self._forget(store, node.name, f"launch on clouds.{self.name} failed: {e}",
                          State.FAILED)
             if isinstance(e, PermanentError):
                 raise      # credentials refused, a request EC2 will never take: a person's
             return str(e)
+        self._type_failures(store, lambda f: type_worked(f, inst.instance_type))
         store.transition(self.project_name, node.name, State.BOOT,
                          f"instance {inst.id} ({inst.instance_type}) starting on "
                          f"clouds.{self.name}", now, provider_id=inst.id, host=inst.id)
         return ""
+
+    def _types(self, store: Store, now: float) -> list[str]:
+        """The instance types to try, in order: those one more of which fits the budget,
+        without those backing off after capacity failures (unless all are)."""
+        fit = self._affordable()
+        rec = store.get_project(self.project_name)
+        entry = (((rec.data or {}).get("clouds") or {}).get(self.name) or {}) if rec else {}
+        usable, skipped = usable_types(fit, entry.get("type_failures") or {}, now,
+                                       backoff=self.type_backoff)
+        for why in skipped:
+            log.info("clouds.%s: %s", self.name, why)
+        return usable
+
+    def _type_failures(self, store: Store, change) -> None:
+        """Apply ``change`` to the per-type capacity failures kept in the DB."""
+        rec = store.get_project(self.project_name)
+        entry = (((rec.data or {}).get("clouds") or {}).get(self.name) or {}) if rec else {}
+        before = entry.get("type_failures") or {}
+        after = change(before)
+        if after != before:
+            _record_cloud(store, self.project_name, self.name, type_failures=after)
 
     # ----------------------------------------------------------------------- removal
     def destroy(self, store: Store, node: str, reason: str) -> None:
@@ -325,9 +353,6 @@ class CloudSite:
             done.append(why)
         return done
 
-    def instances(self) -> list[CloudInstance]:
-        return self.ec2.instances()
-
 
 def teardown(store: Store, project: str, state_dir: Path) -> list[str]:
     """`elastic down`: terminate every instance of the project's clouds and take their hubs
@@ -356,4 +381,5 @@ def teardown(store: Store, project: str, state_dir: Path) -> list[str]:
     return done
 
 
-__all__ = ["CloudSite", "cluster_id", "overlay_network", "teardown"]
+__all__ = ["BudgetExhausted", "CloudSite", "cluster_id", "overlay_network", "route_source",
+           "teardown"]

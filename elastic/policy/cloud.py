@@ -166,6 +166,41 @@ def budget_room(instance_types: Sequence[str], prices: Mapping[str, float],
     return limit, f"budget: {used}"
 
 
+def usable_types(instance_types: Sequence[str], failures: Mapping[str, Mapping[str, float]],
+                 now: float, *, backoff: float, max_factor: int = 8) -> tuple[list[str], list[str]]:
+    """The instance types a launch tries now, in order, and why the others are skipped. A
+    type that had no capacity ``n`` times in a row (``failures[type] = {"n": n, "at": t}``)
+    waits ``backoff`` x 2^(n-1) (at most x ``max_factor``) after ``t``. When every type
+    waits, all are tried: a cloud with no capacity at all is the site's own backoff."""
+    ok: list[str] = []
+    skipped: list[str] = []
+    for t in instance_types:
+        f = failures.get(t)
+        if f:
+            wait = backoff * min(2 ** (int(f["n"]) - 1), max_factor)
+            if now < float(f["at"]) + wait:
+                skipped.append(f"{t} had no capacity {int(f['n'])} time(s) in a row: skipped "
+                               f"for {_age(float(f['at']) + wait - now)} more")
+                continue
+        ok.append(t)
+    return (ok, skipped) if ok else (list(instance_types), [])
+
+
+def type_failed(failures: Mapping[str, Mapping[str, float]], instance_type: str,
+                now: float) -> dict[str, dict[str, float]]:
+    """``failures`` with one more capacity failure of ``instance_type`` at ``now``."""
+    out = {t: dict(f) for t, f in failures.items()}
+    n = int(out.get(instance_type, {}).get("n", 0)) + 1
+    out[instance_type] = {"n": n, "at": now}
+    return out
+
+
+def type_worked(failures: Mapping[str, Mapping[str, float]],
+                instance_type: str) -> dict[str, dict[str, float]]:
+    """``failures`` once ``instance_type`` launched: its record forgotten."""
+    return {t: dict(f) for t, f in failures.items() if t != instance_type}
+
+
 def candidates(instance_types: Sequence[str],
                zones: Sequence[str] = ()) -> list[tuple[str, str | None]]:
     """The (instance type, zone) pairs a launch tries, in order: the first type in every

@@ -338,8 +338,10 @@ def test_capacity_fails_over_to_the_next_type(make):
     made, wrap = faulty(lambda op, kw: client_error("InsufficientInstanceCapacity")
                         if op == "run_instances" and kw["InstanceType"] == "t3.small" else None)
     ec2 = make(wrap=wrap)
-    inst = ec2.launch("w1", "", token="w1-tok")
+    told: list[tuple] = []
+    inst = ec2.launch("w1", "", token="w1-tok", on_capacity=lambda *a: told.append(a))
     assert inst.instance_type == "t3.medium"
+    assert told == [("t3.small", None, "InsufficientInstanceCapacity")]
     runs = made[0].ops("run_instances")
     assert [r["InstanceType"] for r in runs] == ["t3.small", "t3.medium"]
     assert runs[0]["ClientToken"] == "w1-tok" and runs[1]["ClientToken"] != "w1-tok"

@@ -153,3 +153,18 @@ def test_budget_room_counts_at_the_dearest_type_that_fits():
     n, why = budget_room(["small", "medium"], prices, 0.04, 0.05, 5)
     assert n == 0 and "no instance type fits" in why and "0.04 $/h of" in why
     assert budget_room(["small"], prices, 0.0, 1.0, 3)[0] == 3
+
+
+def test_an_instance_type_without_capacity_backs_off_doubling_then_comes_back():
+    from elastic.policy.cloud import type_failed, type_worked, usable_types
+    types = ["t3.small", "t3.medium"]
+    f = type_failed({}, "t3.small", 1000.0)
+    ok, why = usable_types(types, f, 1010.0, backoff=60)
+    assert ok == ["t3.medium"] and "t3.small had no capacity 1 time(s)" in why[0]
+    assert usable_types(types, f, 1061.0, backoff=60)[0] == types     # 60 s later: tried again
+    f = type_failed(f, "t3.small", 1061.0)                            # 2nd in a row: 120 s
+    assert usable_types(types, f, 1061.0 + 100, backoff=60)[0] == ["t3.medium"]
+    assert usable_types(types, f, 1061.0 + 121, backoff=60)[0] == types
+    both = type_failed(f, "t3.medium", 1100.0)                        # every type waits:
+    assert usable_types(types, both, 1101.0, backoff=60) == (types, [])   # all are tried
+    assert type_worked(f, "t3.small") == {}                          # one launch: forgotten

@@ -400,7 +400,9 @@ class EC2:
 
     def launch(self, node: str, user_data: str | bytes, *, token: str,
                instance_types: Sequence[str] | None = None,
-               zones: Sequence[str] | None = None) -> CloudInstance:
+               zones: Sequence[str] | None = None,
+               on_capacity: Callable[[str, str | None, str | None], None] | None = None,
+               ) -> CloudInstance:
         """Start one instance for ``node`` and return it (usually 'pending').
 
         Idempotent per ``token`` (at most 64 ASCII characters, unique per launch): an
@@ -415,7 +417,8 @@ class EC2:
         none is left. The instance gets the tags Name, elastic:project, elastic:node,
         elastic:cluster-id, elastic:launch-token and ``clouds.<name>.tags``, the cluster's
         security group, the subnet and key pair when given, spot when ``spot: true``, and
-        terminates (not stops) when the guest powers off.
+        terminates (not stops) when the guest powers off. ``on_capacity(type, zone, code)``
+        is told of each (type, zone) that had no capacity.
         """
         if not token or len(token) > 64 or not token.isascii():
             raise ValueError(f"launch token {token!r}: 1 to 64 ASCII characters")
@@ -447,6 +450,8 @@ class EC2:
                          e.code)
                 tried.append(f"{label}: {e.code}")
                 last = e
+                if on_capacity is not None:   # (type, zone, code): the caller backs it off
+                    on_capacity(itype, zone, e.code)
                 continue
             inst = _instance(reply["Instances"][0])
             log.info("%s: launched %s as %s (%s%s)", self.where, node, inst.id, label,
