@@ -290,10 +290,11 @@ class Cluster:
         rec = store.get_node(project.name, node.name)
         assert rec is not None
         dom = host.domain(name)
-        if rec.state == State.RUNNING and dom is not None and dom.isActive():
-            self.report.node(node.name, "RUNNING", "already running")
+        if rec.state in (State.RUNNING, State.DRAINING) and dom is not None and dom.isActive():
+            # (a draining worker still runs its jobs: never make it again)
+            self.report.node(node.name, str(rec.state), "already running")
             return False
-        if rec.state == State.RUNNING:
+        if rec.state in (State.RUNNING, State.DRAINING):
             self.move_node(store, project.name, node.name, State.FAILED,
                        "its domain vanished or stopped; making it again")
         if rec.state == State.STOPPED:

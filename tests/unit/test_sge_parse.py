@@ -321,7 +321,9 @@ def test_snapshot_reads_queue_and_hosts(fake):
     assert snap.known and snap.taken_at == 99.0 and snap.error is None
     assert len(snap.running) == 5 and snap.held == 6 and snap.errored == 2
     assert [h.name for h in snap.hosts] == ["node1", "node2"]
-    assert fake.calls == [("qstat", "-xml", "-u", "*", "-r"), ("qhost", "-xml", "-q")]
+    # hosts before jobs: a job dispatched in between is seen running, not pending and
+    # taking a slot at once (which launched a worker for nothing)
+    assert fake.calls == [("qhost", "-xml", "-q"), ("qstat", "-xml", "-u", "*", "-r")]
     for kw in fake.kwargs:                                 # every call: timeout, env, netns
         assert kw == {"timeout": 7.0, "netns": "head", "check": False,
                       "env": {"SGE_ROOT": "/srv/sge", "SGE_CELL": "lab"}}

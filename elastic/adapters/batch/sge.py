@@ -130,9 +130,11 @@ class SGE:
         qmaster that is down, slow, missing or answering garbage gives
         ``QueueSnapshot(known=False, error=...)``: unknown, never an empty queue."""
         try:
-            qstat = self._query(QSTAT)
-            snap = sge_parse.parse_qstat(qstat, now)
+            # hosts first, then jobs: a job dispatched between the two reads is then seen
+            # running (on a host that looked free a moment ago: a tick launches too little),
+            # never both pending and taking a slot (a worker launched for nothing)
             hosts = sge_parse.parse_qhost(self._query(QHOST))
+            snap = sge_parse.parse_qstat(self._query(QSTAT), now)
         except (ElasticError, ValueError, OSError) as e:
             log.warning("sge: queue unknown: %s", e)
             return QueueSnapshot(taken_at=now, known=False, error=str(e))
