@@ -62,3 +62,19 @@ def test_memory_already_used_counts(write):
     placed = place(p, {"h1": HostCapacity("h1", 1000, 4, used_memory=500),
                        "h2": HostCapacity("h2", 1000, 4)})
     assert placed.host_of("a") == "h2"
+
+
+def test_a_placed_chunk_that_outgrew_its_host_is_rejected_not_kept(write):
+    """A running chunk stays where it is only while it fits there: one grown by more
+    workers than its host has room for is rejected (the autoscaler then bursts), never
+    placed past the host's memory (qemu failed: cannot allocate memory)."""
+    p = project(write, """
+nodes:
+  grown: {image: t, memory: 4G}
+  pinned: {image: t, memory: 3G, host: h2}
+""")
+    placed = place(p, caps(h1=3000, h2=2000), current={"grown": "h1"})
+    assert not placed.ok
+    why = {r.chunk: r.why for r in placed.rejected}
+    assert "already runs there, but 3000 MiB are free" in why["grown"]["h1"]
+    assert "fixed by host: h2 in the spec, but 2000 MiB are free" in why["pinned"]["h2"]
