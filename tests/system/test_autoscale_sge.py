@@ -43,6 +43,12 @@ def lab_spec(tmp: Path, lab, project: str, *, head_lan: str, cidr_octet: int,
                         f"batch: {{system: sge, master: head, netns: {FRONT}}}")
     text = text.replace("eth1: {address: 10.77.0.20}", f"eth1: {{address: {head_lan}}}")
     text = text.replace("10.20.0.", f"10.{cidr_octet}.0.")
+    # quicker than the example's timers: these tests wait for every scale-down
+    for old, new in (("idle_timeout: 20s", "idle_timeout: 6s"),
+                     ("min_lifetime: 20s", "min_lifetime: 6s"),
+                     ("cooldown: 5s", "cooldown: 2s"), ("tick: 2s", "tick: 1s")):
+        assert old in text, old
+        text = text.replace(old, new)
     if worker_conf is not None:
         text = text.replace('"SGE_ROLE=exec\\nSGE_MASTER=head\\n"', worker_conf)
     assert f"project: {project}" in text and FRONT in text and head_lan in text

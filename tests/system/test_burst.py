@@ -63,7 +63,10 @@ def burst_spec(tmp: Path, info, *, extra_cloud: str = "", name: str = PROJECT,
             ("vpn: {type: wireguard, port: 51820, overlay: 10.250.0.0/24}",
              f"vpn: {{type: wireguard, port: 51829, overlay: {OVERLAY}, "
              f"endpoint: 172.31.255.254, netns: {FRONT}}}\n"
-             f"    endpoint_url: {info.cloud_endpoint}" + extra_cloud), *replace):
+             f"    endpoint_url: {info.cloud_endpoint}" + extra_cloud),
+            # quicker than the example's timers: every test waits for the scale-down
+            ("idle_timeout: 20s", "idle_timeout: 6s"), ("min_lifetime: 20s", "min_lifetime: 6s"),
+            ("cooldown: 5s", "cooldown: 2s"), ("tick: 2s", "tick: 1s"), *replace):
         assert old in text, old
         text = text.replace(old, new)
     path = tmp / f"{name}.yaml"
@@ -209,7 +212,7 @@ def cloud_instances_types(info) -> dict[str, str]:
 def test_a_boot_that_never_completes_is_terminated_and_replaced(
         burst_cluster, cloud_lab, tmp_path, knobs):
     state, head = burst_cluster
-    spec = burst_spec(tmp_path, cloud_lab, replace=(("boot_timeout: 90s", "boot_timeout: 20s"),))
+    spec = burst_spec(tmp_path, cloud_lab, replace=(("boot_timeout: 90s", "boot_timeout: 12s"),))
     knobs(never_boot=["worker1"])
     log = tmp_path / "autoscale.log"
     (job,) = head.qsub(2)
@@ -232,7 +235,7 @@ def test_a_controller_killed_between_run_instances_and_recording_adopts_the_inst
     import signal
     state, head = burst_cluster
     spec = burst_spec(tmp_path, cloud_lab)
-    knobs(answer_delay={"RunInstances": 8})   # launched at once, answered 8 s late
+    knobs(answer_delay={"RunInstances": 5})   # launched at once, answered 5 s late
     log = tmp_path / "autoscale.log"
     (job,) = head.qsub(2)
     before = set(cloud_instances_types(cloud_lab))
@@ -258,14 +261,14 @@ def test_a_spot_interruption_reschedules_the_job_which_completes_elsewhere(
         burst_cluster, cloud_lab, tmp_path, knobs):
     state, head = burst_cluster
     spec = burst_spec(tmp_path, cloud_lab, extra_cloud="\n    spot: true")
-    knobs(spot_interrupt={"worker1": 25})      # AWS takes worker1 back 25 s after it starts
+    knobs(spot_interrupt={"worker1": 18})      # AWS takes worker1 back 18 s after it starts
     log = tmp_path / "autoscale.log"
-    jobs = head.qsub(40, count=2)
+    jobs = head.qsub(25, count=2)
     with autoscaler(state, spec, log):
         # that instance only: a later worker1 (the name is used again) is left alone
         first = wait_for("worker1's instance", lambda: cloud_workers(state).get(
             "worker1", {}).get("host"), 60, log, every=0.5)
-        knobs(spot_interrupt={first: 25})
+        knobs(spot_interrupt={first: 18})
         on_worker1 = wait_for("a job running on worker1", lambda: [
             j for j, h in head.running().items() if h == "worker1"], 90, log, every=1)
         wait_for("worker1 to be interrupted", lambda: any(

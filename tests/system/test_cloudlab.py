@@ -43,7 +43,7 @@ def _missing() -> list[str]:
     return out
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 8.0) -> Any:
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 30.0) -> Any:
     return _wait_for(what, check, timeout, every=0.1)
 
 
