@@ -245,11 +245,13 @@ def test_a_drained_worker_is_kept_until_its_long_job_ends(sge_cluster):
         assert workers(state, "sgeauto")[where] == "DRAINING"
         queues = head.sh("qstat -f -u '*'")
         assert re.search(rf"all\.q@{where}\S*\s+\S+\s+\S+\s+\S+\s+\S+\s+d", queues), queues
-        # ... and kept while the job runs (the autoscaler's ticks go on meanwhile)
-        for _ in range(10):
+        # ... and kept while the job runs (the autoscaler's ticks go on meanwhile), for a
+        # window that ends well before the job does (each look costs a second or two)
+        window = time.monotonic() + 15
+        while time.monotonic() < window:
             assert head.running().get(job) == where
             assert workers(state, "sgeauto").get(where) == "DRAINING"
-            time.sleep(2)
+            time.sleep(1)
         # the job ends by itself; then the worker goes
         acct = wait_for("the long job to end", lambda: head.qacct().get(job), 120, log)
         wait_for(f"{where} to be removed", lambda: where not in workers(state, "sgeauto"), 120,
