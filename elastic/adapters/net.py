@@ -142,7 +142,7 @@ def netns_pids(name: str) -> list[int]:
     return sorted(pids)
 
 
-def _is_gone(pid: int) -> bool:
+def is_gone(pid: int) -> bool:
     """True if ``pid`` has exited (a zombie counts as gone; it is reaped if it is our child)."""
     try:
         os.waitpid(pid, os.WNOHANG)
@@ -151,7 +151,7 @@ def _is_gone(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
             state = f.read().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
+    except (OSError, IndexError):
         return True
     return state in ("Z", "X")
 
@@ -159,7 +159,7 @@ def _is_gone(pid: int) -> bool:
 def kill_netns_pids(name: str, *, timeout: float = 10.0) -> list[int]:
     """End every process inside namespace ``name``: SIGTERM, then SIGKILL after half of
     ``timeout``. Returns the pids that were signalled. Raises TransientError if some survive."""
-    pids = [p for p in netns_pids(name) if not _is_gone(p)]
+    pids = [p for p in netns_pids(name) if not is_gone(p)]
     if not pids:
         return []
     signalled = list(pids)
@@ -173,7 +173,7 @@ def kill_netns_pids(name: str, *, timeout: float = 10.0) -> list[int]:
             except ProcessLookupError:
                 pass
         time.sleep(0.05)
-        pids = [p for p in netns_pids(name) if not _is_gone(p)]
+        pids = [p for p in netns_pids(name) if not is_gone(p)]
         if not pids:
             return signalled
         signalled.extend(p for p in pids if p not in signalled)

@@ -321,20 +321,6 @@ def _cmdline(pid: int) -> list[str]:
         return []
 
 
-def _alive(pid: int) -> bool:
-    """``pid`` runs (a zombie does not; it is reaped if it is our child)."""
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
-
-
 def _connect_unix(path: Path, timeout: float) -> socket.socket:
     """A connection to the unix socket ``path``, however long the path is."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -397,7 +383,7 @@ class OpenVPNServer:
         argv = _cmdline(pid)
         mine = (argv and os.path.basename(argv[0]) == "openvpn"
                 and any(a.endswith(f"/{ifname}.conf") for a in argv))
-        return pid if mine and _alive(pid) else None
+        return pid if mine and not net.is_gone(pid) else None
 
     def pid(self) -> int | None:
         return self.running_pid(self.ifname, self.log_dir)
@@ -434,7 +420,7 @@ class OpenVPNServer:
     def _wait_ready(self, pid: int, *, quiet: bool = False) -> bool:
         deadline = time.monotonic() + self.START_TIMEOUT
         while not (self.exists() and self.socket.exists()):
-            if not _alive(pid):
+            if net.is_gone(pid):
                 if quiet:
                     return False
                 tail = self.log_file.read_text(errors="replace")[-800:] \
@@ -480,7 +466,7 @@ class OpenVPNServer:
                 return
             deadline = time.monotonic() + wait
             while time.monotonic() < deadline:
-                if not _alive(pid):
+                if net.is_gone(pid):
                     return
                 time.sleep(0.02)
         raise TransientError(f"openvpn (pid {pid}) did not exit")

@@ -54,20 +54,21 @@ class BudgetExhausted(TransientError):
     """No instance type fits clouds.<name>.max_hourly_cost now."""
 
 
+def _cloud_entry(store: Store, project: str, cloud: str) -> dict[str, Any]:
+    """What the DB keeps of one cloud of a project (project data ``clouds.<cloud>``)."""
+    rec = store.get_project(project)
+    return dict((((rec.data or {}).get("clouds") or {}).get(cloud) or {}) if rec else {})
+
+
 def cluster_id(store: Store, project: str, cloud: str) -> str:
     """The id that tags every instance of this project's cloud (made once, kept in the DB)."""
-    rec = store.get_project(project)
-    if rec is None:
+    if store.get_project(project) is None:
         raise PermanentError(f"project {project} is not up (run elastic up first)")
-    data = dict(rec.data or {})
-    clouds = dict(data.get("clouds") or {})
-    entry = dict(clouds.get(cloud) or {})
-    if not entry.get("cluster_id"):
-        entry["cluster_id"] = f"{project}-{secrets.token_hex(4)}"
-        clouds[cloud] = entry
-        data["clouds"] = clouds
-        store.update_project_data(project, data, rec.updated)
-    return entry["cluster_id"]
+    cid = _cloud_entry(store, project, cloud).get("cluster_id")
+    if not cid:
+        cid = f"{project}-{secrets.token_hex(4)}"
+        _record_cloud(store, project, cloud, cluster_id=cid)
+    return cid
 
 
 def _record_cloud(store: Store, project: str, cloud: str, **fields: Any) -> None:
@@ -180,8 +181,7 @@ class CloudSite:
         # the master answers the cloud nodes through the hub (it is on the master's network)
         self.batch.route(self.spec.vpn.overlay, via)
         self.ec2.ensure_security_group(self.spec.vpn.port)
-        rec = store.get_project(self.project_name)
-        entry = (((rec.data or {}).get("clouds") or {}).get(self.name) or {}) if rec else {}
+        entry = _cloud_entry(store, self.project_name, self.name)
         hub = {"type": self.spec.vpn.type, "ifname": self.hub.ifname, "netns": self.hub.netns}
         hubs = [h for h in entry.get("hubs") or () if h != hub] + [hub]   # every hub made
         _record_cloud(store, self.project_name, self.name,
@@ -269,8 +269,7 @@ class CloudSite:
         """The instance types to try, in order: those one more of which fits the budget,
         without those backing off after capacity failures (unless all are)."""
         fit = self._affordable()
-        rec = store.get_project(self.project_name)
-        entry = (((rec.data or {}).get("clouds") or {}).get(self.name) or {}) if rec else {}
+        entry = _cloud_entry(store, self.project_name, self.name)
         usable, skipped = usable_types(fit, entry.get("type_failures") or {}, now,
                                        backoff=self.type_backoff)
         for why in skipped:
@@ -279,8 +278,7 @@ class CloudSite:
 
     def _type_failures(self, store: Store, change) -> None:
         """Apply ``change`` to the per-type capacity failures kept in the DB."""
-        rec = store.get_project(self.project_name)
-        entry = (((rec.data or {}).get("clouds") or {}).get(self.name) or {}) if rec else {}
+        entry = _cloud_entry(store, self.project_name, self.name)
         before = entry.get("type_failures") or {}
         after = change(before)
         if after != before:

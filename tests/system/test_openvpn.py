@@ -88,23 +88,10 @@ def node_up(ctx: dict[str, str], peer_ns: str, vpn_dir: Path, ifname: str,
     return r, took
 
 
-def _gone(pid: int) -> bool:
-    """No such process (a zombie is gone: it is reaped here if it is ours)."""
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except FileNotFoundError:
-        return True
-
-
 def _stop_client(vpn_dir: Path) -> None:
     pid = int((vpn_dir / "openvpn.pid").read_text())
     os.kill(pid, signal.SIGTERM)
-    wait_for("the node's openvpn to exit", lambda: _gone(pid), 10)
+    wait_for("the node's openvpn to exit", lambda: net.is_gone(pid), 10)
 
 
 def test_a_cloud_node_joins_the_openvpn_hub_only_while_it_is_enrolled(pair, tmp_path):
@@ -178,7 +165,7 @@ def test_a_cloud_node_joins_the_openvpn_hub_only_while_it_is_enrolled(pair, tmp_
 
     # down: no server, no tun device
     hub.down()
-    assert hub.server.pid() is None and _gone(pid)
+    assert hub.server.pid() is None and net.is_gone(pid)
     assert not net.link_exists(hub.ifname, ns=hub_ns)
 
 
@@ -217,7 +204,7 @@ def test_the_hub_comes_back_after_a_crash_and_take_down_leaves_nothing(pair, tmp
 
     # `elastic down`: from the recorded ifname and namespace only
     OpenVPNHub.take_down(hub.ifname, hub_ns, state)
-    assert _gone(new_pid)
+    assert net.is_gone(new_pid)
     assert not net.link_exists(hub.ifname, ns=hub_ns)
     assert not (state / "vpn" / f"openvpn-{hub.ifname}.pid").exists()
     assert hub.server.pid() is None
