@@ -23,6 +23,7 @@ import pytest
 
 from tests.system.qemu_guest import Guest, bridged_netns, overlay, sh
 from tests.system.qemu_guest import context_iso as _context_iso
+from tests.system.waiting import wait_for
 
 pytestmark = pytest.mark.system
 
@@ -93,10 +94,15 @@ def context_iso(tmp_path: Path, context_sh: str) -> Path:
     return _context_iso(tmp_path, context_sh, {"/etc/motd": "managed by elastic\n"})
 
 
-def http_get(ns: str, url: str) -> str:
-    r = sh("ip", "netns", "exec", ns, sys.executable, "-c",
-           f"import urllib.request; print(urllib.request.urlopen({url!r}, timeout=10).read().decode(), end='')")
-    return r.stdout
+def http_get(ns: str, url: str, timeout: float = 30) -> str:
+    """The page at ``url``, from inside ``ns``. init starts httpd only after rcS (which prints
+    ELASTIC-STARTED) has ended, so the first answer may come a moment after that line."""
+    def get() -> subprocess.CompletedProcess[str] | None:
+        r = sh("ip", "netns", "exec", ns, sys.executable, "-c",
+               f"import urllib.request; print(urllib.request.urlopen({url!r}, timeout=10).read().decode(), end='')",
+               check=False)
+        return r if r.returncode == 0 else None
+    return wait_for(f"{url} to answer", get, timeout=timeout, every=0.5).stdout
 
 
 # ------------------------------------------------------------------ tests
