@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the section schemas are pydantic models; only their types are named here
-    from elastic.spec.schema import CloudSpec, FrontendSpec, ScalingSpec
+    from elastic.spec.schema import (CloudSpec, FrontendSpec, PlacementBlock, RebalanceBlock,
+                                     ScalingSpec)
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,9 @@ class NodeSpec:
     storage: str = "qcow2"     # qcow2 overlay (or lvm on hosts that have it)
     console: str | None = None
     priority: int = 0          # higher moves last when rebalancing
+    requirements: str | None = None      # an expression a host must satisfy
+    affinity: tuple[str, ...] = ()       # nodes/groups/classes it shares a host with
+    anti_affinity: tuple[str, ...] = ()  # ... and never shares one with
     plugins: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
     group: str = ""            # the nodes: entry it came from (worker for worker1..N)
     index: int | None = None   # its number within a count group
@@ -155,6 +159,8 @@ class HostSpec:
     uplink: str | None = None  # bridge for bridged networks
     attributes: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
     where: Where | None = field(default=None, compare=False)
+    cpu_cgroup: str | None = None  # the host's load is this cgroup's CPU time (lab hosts)
+    vcpu_ratio: float = 4.0        # vcpus for guests per CPU (overcommit)
 
     @property
     def usable_memory(self) -> int | None:
@@ -189,6 +195,8 @@ class Project:
     clouds: dict[str, CloudSpec] = field(default_factory=dict, hash=False, compare=False)
     scaling: ScalingSpec | None = field(default=None, hash=False, compare=False)
     frontends: dict[str, FrontendSpec] = field(default_factory=dict, hash=False, compare=False)
+    placement: PlacementBlock | None = field(default=None, hash=False, compare=False)
+    rebalance: RebalanceBlock | None = field(default=None, hash=False, compare=False)
 
     def node(self, name: str) -> NodeSpec:
         for n in self.nodes:

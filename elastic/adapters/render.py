@@ -113,9 +113,10 @@ def network_name(project: str, network: str) -> str:
 
 def spec_hash(node: NodeSpec) -> str:
     """A short, stable digest of everything the spec says about a node (not where it was
-    written): equal hashes mean an unchanged node."""
+    written, nor where it may be placed): equal hashes mean an unchanged node."""
     data = dataclasses.asdict(node)
-    data.pop("where", None)
+    for key in ("where", "requirements", "affinity", "anti_affinity"):
+        data.pop(key, None)
     blob = json.dumps(data, sort_keys=True, default=str, separators=(",", ":"))
     return "sha256:" + hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -13,8 +13,9 @@ import logging
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from elastic.adapters import context as ctx
@@ -176,7 +177,9 @@ class Cluster:
             memory = h.usable_memory if h.memory is not None else \
                 info.memory_mib - h.reserved_memory
             vcpus = h.usable_vcpus if h.vcpus is not None else info.vcpus - h.reserved_vcpus
-            caps[h.name] = HostCapacity(h.name, memory, vcpus, domain_type=h.domain_type)
+            caps[h.name] = HostCapacity(h.name, memory, int(vcpus * h.vcpu_ratio),
+                                        domain_type=h.domain_type, groups=h.groups,
+                                        attributes=h.attributes)
 
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(specs))) as ex:
             list(ex.map(probe, specs))
@@ -195,24 +198,29 @@ class Cluster:
 
     def _place(self, project: Project, caps: dict[str, HostCapacity],
                current: dict[str, str]) -> Placement:
-        # what other projects already use on each host counts against it
-        used = self._used_by_others(project.name)
-        caps = {n: HostCapacity(c.name, c.memory, c.vcpus, used.get(n, 0), 0, c.domain_type)
-                for n, c in caps.items()}
-        placement = place(project, caps, current)
+        placement = place(project, self._with_others(project.name, caps), current)
         if not placement.ok:
             raise ConfigError("\n".join(str(r) for r in placement.rejected), project.source,
                               key="nodes")
         return placement
 
-    def _used_by_others(self, project: str) -> dict[str, int]:
-        used: dict[str, int] = {}
+    def _with_others(self, project: str, caps: dict[str, HostCapacity]
+                     ) -> dict[str, HostCapacity]:
+        """``caps`` with what other projects' nodes already take on each host (memory,
+        vcpus, VMs) counted against it."""
+        memory: Counter[str] = Counter()
+        vcpus: Counter[str] = Counter()
+        vms: Counter[str] = Counter()
         with self.store() as store:
             for rec in store.list_nodes(None):
                 if rec.project != project and rec.host and rec.site == "private" \
                         and rec.state not in (State.DONE,):
-                    used[rec.host] = used.get(rec.host, 0) + int((rec.data or {}).get("memory", 0))
-        return used
+                    memory[rec.host] += int((rec.data or {}).get("memory", 0))
+                    vcpus[rec.host] += int((rec.data or {}).get("vcpus", 0))
+                    vms[rec.host] += 1
+        return {n: replace(c, used_memory=c.used_memory + memory[n],
+                           used_vcpus=c.used_vcpus + vcpus[n], vms=c.vms + vms[n])
+                for n, c in caps.items()}
 
     def _record_project(self, store: Store, spec: Path, project: Project,
                         placement: Placement, lab: bool) -> None:
@@ -436,9 +444,7 @@ class Cluster:
         caps = self._preflight(base.hosts)
         with self.store() as store:
             current = self._current_placement(store, base)
-        used = self._used_by_others(base.name)
-        caps = {n: HostCapacity(c.name, c.memory, c.vcpus, used.get(n, 0), 0, c.domain_type)
-                for n, c in caps.items()}
+        caps = self._with_others(base.name, caps)
         best = 0
         for k in range(1, limit + 1):
             if not place(project_with(k), caps, current).ok:

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from elastic import expr
 from elastic import model as m
 from elastic.addressing import LeasePool, RangeExhausted, hashed_mac, ip_to_mac
 from elastic.model import Where
@@ -125,6 +126,7 @@ class _Resolver:
         self._unique_macs(nodes, node_specs)
         chunks = self._chunks(nodes, node_specs)
         clouds, scaling, frontends = self._sections(nodes)
+        placement, rebalance = self._placement_sections(nodes, node_specs)
         self.problems.raise_if_any()
         return m.Project(
             name=self.project,
@@ -137,6 +139,8 @@ class _Resolver:
             clouds=clouds,
             scaling=scaling,
             frontends=frontends,
+            placement=placement,
+            rebalance=rebalance,
         )
 
     def section(self, key: str) -> SMap:
@@ -253,7 +257,8 @@ class _Resolver:
                                   key + ".reserved.vcpus")
             out[name] = m.HostSpec(name, blk.uri, blk.type, blk.memory, blk.vcpus,
                                    blk.reserved.memory, blk.reserved.vcpus, tuple(blk.groups),
-                                   blk.uplink, dict(blk.attributes), where)
+                                   blk.uplink, dict(blk.attributes), where, blk.cpu_cgroup,
+                                   blk.vcpu_ratio)
         if not out and "hosts" not in self.doc:
             # a project with no hosts runs on the local machine
             out[LOCAL_HOST] = m.HostSpec(LOCAL_HOST, "qemu:///system", "kvm",
@@ -606,6 +611,8 @@ class _Resolver:
             users=users, groups=groups, startup=tuple(st.startup), files=files, mounts=mounts,
             host=node.host, hypervisor=st.hypervisor, storage=st.storage or "qcow2",
             console=st.console, priority=st.priority or 0, plugins=_plain(st.plugins),
+            requirements=st.requirements, affinity=tuple(st.affinity),
+            anti_affinity=tuple(st.anti_affinity),
             group=node.group, index=node.index, chunk=chunk, where=node.where)
 
     def _unique_macs(self, nodes: list[_Node], specs: list[m.NodeSpec]) -> None:
@@ -733,6 +740,49 @@ class _Resolver:
                                f"frontends.{name}.balancer.node")
                 frontends[name] = blk
         return clouds, scaling, frontends
+
+    def _placement_sections(self, nodes: list[_Node], specs: list[m.NodeSpec]
+                            ) -> tuple[s.PlacementBlock, s.RebalanceBlock]:
+        """placement: and rebalance:, and every placement expression (a node's requirements,
+        the rank) parsed now, so that a typo is reported with its line before anything runs."""
+        placement = s.PlacementBlock()
+        if self.doc.get("placement") is not None:
+            raw = self.doc["placement"]
+            placement = validate_block(s.PlacementBlock, raw, "placement", self.problems,
+                                       self.doc.where_of("placement")) or placement
+            if placement.rank is not None:
+                self._expression(placement.rank, where_at(raw, ("rank",)) or
+                                 self.doc.where_of("placement"), "placement.rank")
+        rebalance = s.RebalanceBlock()
+        if self.doc.get("rebalance") is not None:
+            rebalance = validate_block(s.RebalanceBlock, self.doc["rebalance"], "rebalance",
+                                       self.problems, self.doc.where_of("rebalance")) or rebalance
+        names = {n.name for n in specs} | {n.group for n in specs} | \
+            {c for n in specs for c in n.classes}
+        seen: set[tuple[str, str]] = set()
+        for node, spec in zip(nodes, specs):
+            group = f"nodes.{spec.group}"
+            if spec.requirements is not None and (spec.group, spec.requirements) not in seen:
+                seen.add((spec.group, spec.requirements))
+                self._expression(spec.requirements,
+                                 node.raw.where_of("requirements") or spec.where,
+                                 f"{group}.requirements")
+            for key in ("affinity", "anti_affinity"):
+                for i, ref in enumerate(getattr(spec, key)):
+                    if ref not in names and (spec.group, ref) not in seen:
+                        seen.add((spec.group, ref))
+                        self.problems.add(f"unknown node, group or class '{ref}'" +
+                                          did_you_mean(ref, names),
+                                          where_at(node.raw, (key, i)) or spec.where,
+                                          f"{group}.{key}")
+        return placement, rebalance
+
+    def _expression(self, text: str, where: Where | None, key: str) -> None:
+        known = {k for h in self.hosts.values() for k in h.attributes}
+        try:
+            expr.compile_expression(text, known)
+        except expr.ExpressionError as e:
+            self.problems.add(str(e), where, key)
 
     def _group_ref(self, group: str, where: Where | None, key: str, need_count: bool) -> None:
         if group not in self.groups:

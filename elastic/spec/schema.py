@@ -113,9 +113,14 @@ class HostBlock(Block):
     memory: Size | None = None
     vcpus: PosInt | None = None
     reserved: ReservedBlock = ReservedBlock()
+    # vcpus it may give guests per CPU it has (after the reserved ones); OpenStack's default
+    vcpu_ratio: Annotated[float, Field(gt=0, le=64)] = 4.0
     groups: StrList = []
     uplink: str | None = None
     attributes: dict[str, Any] = {}
+    # a cgroup whose CPU time is this host's load, for hosts that share one kernel (the lab's);
+    # None: the host's own CPU counters, through libvirt
+    cpu_cgroup: str | None = None
     description: str | None = None
 
 
@@ -201,6 +206,12 @@ class SettingsBlock(Block):
     storage: Literal["qcow2", "lvm", "raw"] | None = None
     console: str | None = None
     priority: int | None = None
+    # placement: an expression over host attributes that a host must satisfy
+    # (memory_free > 2048 & group == "fast"), and nodes or classes to share / never share
+    # a host with
+    requirements: str | None = None
+    affinity: StrList = []
+    anti_affinity: StrList = []
     plugins: dict[str, Any] = {}
     description: str | None = None
 
@@ -300,6 +311,14 @@ class BatchBlock(Block):
     timeout: Duration = 30.0
 
 
+class PlacementBlock(Block):
+    """How hosts are chosen for chunks: the hosts that pass the filters are ordered by
+    ``rank`` (an expression over host attributes, higher first), then by ``policy``."""
+
+    policy: Literal["packing", "striping", "load-aware"] = "packing"
+    rank: str | None = None
+
+
 class RebalanceBlock(Block):
     enabled: bool = False
     cpu_high: Annotated[float, Field(gt=0, le=1)] = 0.7
@@ -332,7 +351,6 @@ class ScalingSpec(Block):
     breaker_failures: PosInt = 5
     tick: Duration = 5.0
     burst: StrList = []           # cloud names, tried in order when private hosts are full
-    rebalance: RebalanceBlock = RebalanceBlock()
 
     @model_validator(mode="after")
     def _bounds(self) -> ScalingSpec:
@@ -382,4 +400,4 @@ class FrontendSpec(Block):
 # ------------------------------------------------------------------------------ top level
 
 TOP_LEVEL_KEYS = ("project", "vars", "include", "networks", "hosts", "classes", "nodes",
-                  "clouds", "scaling", "frontends", "description")
+                  "clouds", "scaling", "frontends", "placement", "rebalance", "description")

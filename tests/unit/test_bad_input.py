@@ -296,6 +296,43 @@ frontends:
     max: 2
 """}, "need min <= initial <= max"),
     # --- MLN
+    "requirements-syntax": ({"c.yaml": GOOD_HEAD + """
+nodes:
+  a:
+    class: base
+    requirements: 'memory_free >> 2048'   # <-
+"""}, "nodes.a.requirements: unexpected '>' at column 14 in 'memory_free >> 2048'"),
+    "requirements-unknown-attribute": ({"c.yaml": GOOD_HEAD + """
+  picky: {inherit: base, requirements: 'rakc == "r1"'}   # <-
+hosts:
+  h1: {attributes: {rack: r1}}
+nodes:
+  a: {class: picky}
+"""}, "unknown host attribute 'rakc' in 'rakc == \"r1\"' (did you mean 'rack'?)"),
+    "rank-syntax": ({"c.yaml": GOOD_HEAD + """
+placement:
+  policy: striping
+  rank: 'memory_free -'   # <-
+nodes:
+  a: {class: base}
+"""}, "placement.rank: 'memory_free -' ends too soon"),
+    "placement-unknown-policy": ({"c.yaml": GOOD_HEAD + """
+placement: {policy: spread}   # <-
+nodes:
+  a: {class: base}
+"""}, "placement.policy"),
+    "anti-affinity-unknown": ({"c.yaml": GOOD_HEAD + """
+nodes:
+  web:
+    class: base
+    count: 2
+    anti_affinity: [webb]   # <-
+"""}, "nodes.web.anti_affinity: unknown node, group or class 'webb' (did you mean 'web'?)"),
+    "rebalance-thresholds": ({"c.yaml": GOOD_HEAD + """
+rebalance: {cpu_high: 0.2, cpu_low: 0.5}   # <-
+nodes:
+  a: {class: base}
+"""}, "cpu_low (0.5) must be below cpu_high (0.2)"),
     "mln-unbalanced": ({"c.mln": """
 global { project demo }
 host a {   # <-
