@@ -17,3 +17,18 @@ def write(tmp_path: Path):
         return path
 
     return _write
+
+
+# The system tests that use the machine-wide lab (its namespaces, cgroups and local EC2 have
+# fixed names) run one after another in one xdist group; everything else (unit, contract,
+# simulation, the image tests with their own namespaces, WireGuard/OpenVPN between namespaces
+# of their own) runs beside them in the other (scripts/test.sh: -n 2 --dist loadgroup).
+LAB_MODULES = ("test_lab.py", "test_autoscale_sge.py", "test_burst.py", "test_cloudlab.py",
+               "test_sge_capture.py", "test_sge_guests.py", "test_up.py", "test_upgrade.py",
+               "test_monitor.py", "test_rebalance.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        uses_lab = item.path.name in LAB_MODULES or "lab" in getattr(item, "fixturenames", ())
+        item.add_marker(pytest.mark.xdist_group("lab" if uses_lab else "beside"))

@@ -475,6 +475,31 @@ def remove_workers(obj: Ctx, count: int, target: str, lab: bool, batch_netns: st
                       markup=False)
 
 
+@cli.command("reset-breaker")
+@click.argument("project")
+@click.option("--site", default=None, metavar="SITE",
+              help="Only this site's breaker (private, or a cloud's name); default: all.")
+@output_option
+@click.pass_obj
+@handles_errors
+def reset_breaker_cmd(obj: Ctx, project: str, site: str | None, output: str) -> None:
+    """Close the autoscaler's launch breaker of PROJECT after fixing its cause (a broken
+    image, refused credentials): launches there start again at the next tick."""
+    import time as _time
+
+    from elastic.engine.autoscale import reset_breakers
+    from elastic.state import Store
+    with Store.open(obj.state_dir) as store:
+        closed = reset_breakers(store, project, site, _time.time())
+    if output == "json":
+        render.print_json({"closed": closed})
+    elif closed:
+        for s, why in sorted(closed.items()):
+            obj.out.print(f"closed the breaker of {s} (it was open {why})", markup=False)
+    else:
+        obj.out.print("no breaker was open; failures and backoff forgotten", markup=False)
+
+
 # ----------------------------------------------------------------------------- lab
 
 @cli.group()

@@ -19,7 +19,7 @@ from elastic.errors import ConfigError, ElasticError, PermanentError, TransientE
 from elastic.lifecycle import State
 from elastic.model import Project, QueueSnapshot
 from elastic.policy import (PRIVATE, Capacity, LaunchOutcome, Memory, Plan, WorkerShape, WorkerView,
-                            decide)
+                            decide, reset_breaker)
 from elastic.state import Store
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ class Autoscaler:
     def _save(self, store: Store, *, members: list[int] | None = None,
               memory: Memory | None = None, outcomes: list[LaunchOutcome] | None = None,
               queue: dict | None = None, member_classes: dict[int, str] | None = None,
-              group: str) -> None:
+              group: str, reset_applied: str | None = None) -> None:
         rec = store.get_project(self.name)
         if rec is None:
             raise PermanentError(f"project {self.name} is not up (run elastic up first)")
@@ -121,6 +121,8 @@ class Autoscaler:
             data["member_classes"] = classes
         if memory is not None:
             data["autoscale"] = memory.to_dict()
+            if reset_applied is not None and data.get("breaker_reset") == reset_applied:
+                del data["breaker_reset"]
         if outcomes is not None:
             data["outcomes"] = [o.__dict__ for o in outcomes]
         if queue is not None:
@@ -180,6 +182,10 @@ class Autoscaler:
             if rec is None:
                 raise PermanentError(f"project {self.name} is not up (run elastic up first)")
             memory = Memory.from_dict((rec.data or {}).get("autoscale") or {})
+            # an operator's `elastic reset-breaker` (asked while a tick may have been running)
+            reset = (rec.data or {}).get("breaker_reset")
+            if reset is not None:
+                memory = reset_breaker(memory, None if reset == "*" else reset)
             outcomes = [LaunchOutcome(**o) for o in (rec.data or {}).get("outcomes", [])]
             members = self._members(store, project)
             # the clouds first: a launch cut off by a killed controller is adopted (or a
@@ -202,7 +208,8 @@ class Autoscaler:
             if dry_run:
                 return result
             self._save(store, memory=plan.memory, outcomes=[], group=spec.group,
-                       queue={**queue_summary(snapshot), "group": spec.group})
+                       queue={**queue_summary(snapshot), "group": spec.group},
+                       reset_applied=reset)
             for action in plan.actions:
                 store.record_event(self.name, f"decision:{action.kind}", now,
                                    node=action.node, reason=action.reason)
@@ -532,6 +539,25 @@ class Autoscaler:
     def _members_now(self, project: Project) -> list[int]:
         with self.store_open() as store:
             return self._members(store, project)
+
+
+def reset_breakers(store: Store, project: str, site: str | None, now: float) -> dict[str, str]:
+    """The operator fixed what tripped a breaker: close that of ``site`` (every site's if
+    None) and forget its failures and backoff. A running autoscaler applies it at its next
+    tick too (it may have read the old memory already). Returns the breakers closed."""
+    rec = store.get_project(project)
+    if rec is None:
+        raise PermanentError(f"project {project} is not up")
+    data = dict(rec.data or {})
+    memory = Memory.from_dict(data.get("autoscale") or {})
+    closed = {s: why for s, why in memory.breakers.items() if site is None or s == site}
+    data["autoscale"] = reset_breaker(memory, site).to_dict()
+    data["breaker_reset"] = site or "*"
+    store.update_project_data(project, data, now)
+    store.record_event(project, "operator:reset-breaker", now, reason=(
+        f"breaker of {', '.join(sorted(closed))} closed by the operator" if closed else
+        f"no breaker was open{f' for {site}' if site else ''}; failures and backoff forgotten"))
+    return closed
 
 
 def queue_summary(snapshot: QueueSnapshot) -> dict:

@@ -225,6 +225,20 @@ def test_workers_that_boot_but_never_join_trip_the_breaker(world, tmp_path):
     assert launches == 2                       # then the breaker stops it
     (why,) = memory["breakers"].values()
     assert "2 consecutive launch failures" in why and "did not join" in why
+    # the operator fixes the image and closes the breaker: launches start again at once
+    from click.testing import CliRunner
+
+    from elastic.cli.main import cli
+    out = CliRunner().invoke(cli, ["--state-dir", str(state), "reset-breaker", "auto"])
+    assert out.exit_code == 0, out.output
+    assert "closed the breaker of private (it was open after 2 consecutive" in out.output
+    clock.advance(10)
+    result = scaler.tick()
+    assert [a.kind for a in result.plan.actions] == ["launch"]
+    with Store.open(state) as store:
+        data = store.get_project("auto").data
+        assert not data["autoscale"]["breakers"] and "breaker_reset" not in data
+        assert any(e.kind == "operator:reset-breaker" for e in store.events("auto"))
 
 
 def test_add_workers_of_another_class(world):
