@@ -188,13 +188,15 @@ def _labels(n: NodeSpec) -> tuple[str, ...]:
 class _Host:
     """A host while a plan is made: what the plan has put there so far."""
 
-    __slots__ = ("cap", "used_memory", "used_vcpus", "vms", "labels", "anti", "attrs")
+    __slots__ = ("cap", "used_memory", "used_vcpus", "vms", "labels", "anti", "attrs",
+                 "cpu_load")
 
     def __init__(self, cap: HostCapacity) -> None:
         self.cap = cap
         self.used_memory = cap.used_memory
         self.used_vcpus = cap.used_vcpus
         self.vms = cap.vms
+        self.cpu_load = cap.cpu_load
         self.labels: Counter[str] = Counter()
         self.anti: dict[str, tuple[str, str]] = {}     # label -> (node, ref) of a node here
         self.attrs: dict[str, Any] = {**cap.attributes, "name": cap.name,
@@ -262,7 +264,7 @@ class Scheduler:
         elif self.policy == "striping":
             k = (h.vms, -h.free_memory, -h.free_vcpus)
         else:
-            k = (h.cap.cpu_load, -h.free_memory)
+            k = (h.cpu_load, -h.free_memory)
         if self.rank is not None:
             k = (-self.rank.rank(h.attrs), *k)
         return (*k, name)
@@ -304,15 +306,22 @@ class Scheduler:
                 return self.extra(unit, cap)
         return None
 
-    def choose(self, unit: Unit, exclude: Iterable[str] = ()
+    def choose(self, unit: Unit, exclude: Iterable[str] = (),
+               until: Callable[[str], bool] | None = None, explain: bool = True
                ) -> tuple[str | None, str | dict[str, str]]:
-        """(host, reason), or (None, {host: why not}) for every host."""
+        """(host, reason), or (None, {host: why not}) for every host (an empty dict unless
+        ``explain``). ``until``: no host from the first for which it is true on (in the
+        policy's order) can pass: the scan stops there."""
         skip = set(exclude)
         for name in self._candidates(unit):
+            if until is not None and until(name):
+                break
             if name in skip:
                 continue
             if self.why_not(unit, name) is None:
                 return name, self._reason(unit, name)
+        if not explain:
+            return None, {}
         why = {}
         for name in sorted(self.hosts):
             if name in skip:
@@ -332,7 +341,7 @@ class Scheduler:
         if self.policy == "striping":
             return (f"striping: {name} runs the fewest VMs ({h.vms}) of the hosts that fit, "
                     f"with {h.free_memory} MiB free")
-        return (f"load-aware: {name} has the lowest CPU load ({h.cap.cpu_load:.0%}) of the "
+        return (f"load-aware: {name} has the lowest CPU load ({h.cpu_load:.0%}) of the "
                 f"hosts that fit")
 
     # ------------------------------------------------------------------ changes
@@ -344,6 +353,13 @@ class Scheduler:
     def release(self, unit: Unit, name: str) -> None:
         self._order.remove(name)
         self.hosts[name].add(unit, -1)
+        self._order.add(name)
+
+    def set_load(self, name: str, cpu_load: float) -> None:
+        """The host's CPU load as a plan changes it (the rebalancer's moves)."""
+        self._order.remove(name)
+        self.hosts[name].cpu_load = cpu_load
+        self.hosts[name].attrs["cpu_load"] = cpu_load
         self._order.add(name)
 
 
