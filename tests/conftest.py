@@ -20,15 +20,16 @@ def write(tmp_path: Path):
 
 
 # The system tests that use the machine-wide lab (its namespaces, cgroups and local EC2 have
-# fixed names) run one after another in one xdist group; everything else (unit, contract,
-# simulation, the image tests with their own namespaces, WireGuard/OpenVPN between namespaces
-# of their own) runs beside them in the other (scripts/test.sh: -n 2 --dist loadgroup).
+# fixed names) get the marker `lab`: scripts/test.sh runs them one after another in one pytest
+# process, and everything else (unit, contract, simulation, the image tests with namespaces of
+# their own, WireGuard/OpenVPN between namespaces of their own) in a second one beside it.
 LAB_MODULES = ("test_lab.py", "test_autoscale_sge.py", "test_burst.py", "test_cloudlab.py",
                "test_sge_capture.py", "test_sge_guests.py", "test_up.py", "test_upgrade.py",
-               "test_monitor.py", "test_rebalance.py")
+               "test_monitor.py", "test_rebalance_lab.py")
 
 
+@pytest.hookimpl(tryfirst=True)     # before -m selects on it
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        uses_lab = item.path.name in LAB_MODULES or "lab" in getattr(item, "fixturenames", ())
-        item.add_marker(pytest.mark.xdist_group("lab" if uses_lab else "beside"))
+        if item.path.name in LAB_MODULES or "lab" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.lab)

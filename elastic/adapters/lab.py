@@ -19,6 +19,12 @@ Layout (``root`` = ``<state_dir>/lab``; everything the lab owns lives there or i
                   /etc/hosts. It listens on its unix socket (used by elastic from the root
                   namespace) and on tcp 10.77.0.11:16509 without authentication (live migration
                   between lab hosts; reachable only inside the lab's namespaces).
+                  libvirtd (and so its QEMUs) runs in the cgroup elastic-lab/h1 (cgroup v1's
+                  cpuacct hierarchy, or cgroup v2), joined before it enters the namespace:
+                  the lab's hosts share one kernel, so the node CPU counters libvirt reports
+                  are the machine's; this cgroup's CPU time is h1's load (``cpu_cgroup`` in
+                  hosts.yaml; ``Lab.host_command`` runs a command "on" h1: in its cgroup and
+                  namespace). `lab down` removes the cgroups.
 
 Each bridge has STP off and forward delay 0, and carries an alias naming the lab's root, so
 that a second lab (another state dir) is refused instead of silently taking over.
@@ -45,6 +51,7 @@ import ipaddress
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import threading
@@ -55,8 +62,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from elastic.adapters import net
-from elastic.adapters.run import CommandMissing, run, spawn
+from elastic.adapters import monitor, net
+from elastic.adapters.run import CommandMissing, run, spawn, wrap
 from elastic.errors import ConfigError, PermanentError, TransientError
 
 Progress = Callable[[str], None]
@@ -86,6 +93,7 @@ MEMORY_CAP_MIB = 16384       # default share per host is capped at this
 MEMORY_MIN_MIB = 512
 SOCKET_PATH_MAX = 107        # sun_path holds 108 bytes with the NUL
 UUID_NAMESPACE = uuid.UUID("8d0cbd7e-0b3c-5e54-9a3e-6c61ab1ae1a5")  # elastic lab host UUIDs
+CGROUP_PARENT = "elastic-lab"  # host h1's cgroup is elastic-lab/h1 (machine-wide, like netns)
 
 # the real directories each host gets a private copy of (bind-mounted over them)
 BIND_DIRS = ("etc/libvirt", "run", "var/lib/libvirt", "var/log/libvirt")
@@ -152,6 +160,34 @@ def host_address(i: int, cidr: str = LAN_CIDR) -> str:
 def host_uuid(name: str) -> str:
     """A stable, distinct libvirt host UUID per lab host (live migration needs them distinct)."""
     return str(uuid.uuid5(UUID_NAMESPACE, name))
+
+
+def host_cgroup(name: str) -> str:
+    """The cgroup of lab host ``name`` (relative to the CPU controller's mount)."""
+    return f"{CGROUP_PARENT}/{name}"
+
+
+def in_cgroup(argv: Sequence[str], cgroup: Path | None, *, required: bool = True) -> list[str]:
+    """``argv``, run in the cgroup directory ``cgroup`` (as is, if None): a shell moves
+    itself there, then execs it. The cgroup is joined *before* anything enters a network
+    namespace: ``ip netns exec`` mounts a fresh /sys, with no cgroup file system under it.
+    ``required``: the command does not run if the cgroup cannot be joined (else a warning
+    on stderr, and it runs outside)."""
+    argv = [str(a) for a in argv]
+    if cgroup is None:
+        return argv
+    procs = shlex.quote(str(cgroup / "cgroup.procs"))
+    warning = shlex.quote(f"elastic lab: warning: cannot join cgroup {cgroup}: its CPU load "
+                          "will not be seen")
+    join = (f'echo $$ > {procs} && exec "$@"' if required else
+            f'echo $$ > {procs} || echo {warning} >&2; exec "$@"')
+    return ["sh", "-c", join, "elastic-lab", *argv]
+
+
+def host_command_prefix(netns: str, cgroup: Path | None) -> list[str]:
+    """The argv prefix that runs a command "on" a lab host: in its cgroup directory (if
+    given: its CPU time is that host's load) and its network namespace."""
+    return in_cgroup(["ip", "netns", "exec", netns], cgroup)
 
 
 def host_dir(root: Path, name: str) -> Path:
@@ -288,15 +324,18 @@ def _quote(s: str) -> str:
     return json.dumps(s)  # a JSON string is a valid YAML double-quoted scalar
 
 
-def render_hosts_yaml(hosts: Sequence[LabHost], path: Path | None = None) -> str:
-    """A `hosts:` section for a project to `include:`."""
+def render_hosts_yaml(hosts: Sequence[LabHost], path: Path | None = None, *,
+                      cpu_cgroups: bool = True) -> str:
+    """A `hosts:` section for a project to `include:`. ``cpu_cgroups``: each host's load is
+    its cgroup's CPU time (``cpu_cgroup: elastic-lab/h1``)."""
     where = f" [{path}]" if path else ""
     lines = ["# written by `elastic lab up`; include it from a project: "
              f"include:{where}", "hosts:"]
     for h in hosts:
+        cgroup = f"cpu_cgroup: {host_cgroup(h.name)}, " if cpu_cgroups else ""
         lines.append(
             f"  {h.name}: {{uri: {_quote(h.uri)}, type: qemu, memory: {h.memory_mib}M, "
-            f"vcpus: {h.vcpus}, uplink: {HOST_BRIDGE}, attributes: {{lab: true, "
+            f"vcpus: {h.vcpus}, uplink: {HOST_BRIDGE}, {cgroup}attributes: {{lab: true, "
             f"address: {h.address}, migration_uri: {_quote(h.migration_uri)}, "
             f"netns: {h.netns}}}}}")
     return "\n".join(lines) + "\n"
@@ -420,6 +459,7 @@ def probe(uri: str, timeout: float = 5.0) -> str | None:
 class Lab:
     """One lab on this machine, owned by ``root``. Needs root privileges for up/down."""
 
+    CGROUP_ROOT = monitor.CGROUP_ROOT
     START_TIMEOUT = 60.0     # libvirtd answering after spawn
     STOP_TIMEOUT = 10.0      # libvirtd exiting after SIGTERM (then SIGKILL)
     PROBE_TIMEOUT = 5.0
@@ -509,6 +549,61 @@ class Lab:
                     found.add(host_index(d.name))
         return found
 
+    # -- cgroups (one per host: its CPU load, apart from the other hosts on this kernel)
+    def cgroup_dir(self, name: str) -> Path | None:
+        """Host ``name``'s cgroup directory; None if this machine has no CPU accounting
+        cgroups (the lab then runs without them, and its hosts' loads are not told apart)."""
+        try:
+            return monitor.cgroup_dir(host_cgroup(name), self.CGROUP_ROOT)
+        except PermanentError:
+            return None
+
+    def host_command(self, name: str) -> list[str]:
+        """The argv prefix that runs a command "on" lab host ``name``, in its network
+        namespace and cgroup: ``run([*lab.host_command("h1"), "sh", "-c", "..."])``. Fails
+        (the command does not run) if the host's cgroup is not there."""
+        return host_command_prefix(host_netns(host_index(name)), self.cgroup_dir(name))
+
+    def _in_own_cgroup(self, name: str, pid: int) -> bool:
+        """Whether ``pid`` is in host ``name``'s cgroup (True if there are no cgroups)."""
+        cg = self.cgroup_dir(name)
+        if cg is None:
+            return True
+        try:
+            return str(pid) in (cg / "cgroup.procs").read_text().split()
+        except OSError:
+            return False
+
+    def _remove_cgroup(self, name: str, say: Progress) -> None:
+        """rmdir the host's cgroup, once its processes are gone (their exit takes a moment;
+        stragglers, which only the lab put there, are killed)."""
+        cg = self.cgroup_dir(name)
+        if cg is None or not cg.is_dir():
+            return
+        deadline = time.monotonic() + self.STOP_TIMEOUT
+        while True:
+            try:
+                cg.rmdir()
+                break
+            except FileNotFoundError:
+                break
+            except OSError as e:
+                if time.monotonic() > deadline:
+                    raise TransientError(f"cannot remove cgroup {cg}: {e}") from None
+            try:
+                left = [int(p) for p in (cg / "cgroup.procs").read_text().split()]
+            except (OSError, ValueError):
+                left = []
+            for pid in left:
+                say(f"{name}: ending process {pid} left in cgroup {cg}")
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.1)
+        parent = cg.parent
+        if parent.name == CGROUP_PARENT:
+            with contextlib.suppress(OSError):
+                parent.rmdir()    # the last host's: the parent goes too (busy otherwise)
+
     # -- libvirtd processes
     def _pid_file(self, name: str) -> Path:
         return host_dir(self.root, name) / "libvirtd.pid"
@@ -555,8 +650,19 @@ class Lab:
             f.write(f"---- elastic lab: starting libvirtd at {stamp}\n")
         # a stale socket would make a probe look for a daemon that is not there yet
         socket_path(self.root, h.name).unlink(missing_ok=True)
-        proc = spawn(["unshare", "--mount", "--uts", "--propagation", "private",
-                      "sh", str(hdir / "start.sh")], log_file=log_file, netns=h.netns)
+        # libvirtd (and so its QEMUs: qemu.conf makes no cgroups) in the host's own cgroup
+        cgroup = self.cgroup_dir(h.name)
+        if cgroup is not None:
+            try:
+                cgroup.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                with open(log_file, "a") as f:
+                    f.write(f"elastic lab: warning: cannot make cgroup {cgroup} ({e}): the "
+                            f"CPU load of {h.name} will not be seen\n")
+                cgroup = None
+        proc = spawn(in_cgroup(wrap(["unshare", "--mount", "--uts", "--propagation", "private",
+                                     "sh", str(hdir / "start.sh")], h.netns), cgroup,
+                               required=False), log_file=log_file)
         self._children[h.name] = proc
         self._pid_file(h.name).write_text(f"{proc.pid}\n")
 
@@ -755,6 +861,10 @@ class Lab:
                 elif pid is not None and (why := probe(h.uri, self.PROBE_TIMEOUT)) is not None:
                     say(f"{h.name}: libvirtd (pid {pid}) does not answer ({why}), restarting")
                     self._stop_daemon(h.name)
+                elif pid is not None and not self._in_own_cgroup(h.name, pid):
+                    say(f"{h.name}: libvirtd (pid {pid}) is not in its cgroup "
+                        f"{host_cgroup(h.name)} (a lab made before cgroups), restarting")
+                    self._stop_daemon(h.name)
                 elif pid is not None:
                     continue
                 to_start.append(h)
@@ -810,7 +920,8 @@ class Lab:
         return self._write_hosts_yaml(self._plan(*settings))
 
     def _write_hosts_yaml(self, hosts: Sequence[LabHost]) -> str:
-        text = render_hosts_yaml(hosts, self.hosts_file)
+        cgroups = all(self.cgroup_dir(h.name) is not None for h in hosts)
+        text = render_hosts_yaml(hosts, self.hosts_file, cpu_cgroups=cgroups)
         if not self.hosts_file.exists() or self.hosts_file.read_text() != text:
             tmp = self.hosts_file.with_suffix(".tmp")
             tmp.write_text(text)
@@ -986,6 +1097,7 @@ class Lab:
                 say(f"{name}: ended processes {killed} left in {ns}")
             net.delete_link(lan_port(i), ns=LAN_NETNS)
             net.delete_netns(ns)
+        self._remove_cgroup(name, say)
         shutil.rmtree(host_dir(self.root, name), ignore_errors=True)
 
 

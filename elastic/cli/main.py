@@ -261,11 +261,34 @@ def start(obj: Ctx, project: str, output: str) -> None:
 @cli.command()
 @click.argument("project", required=False)
 @output_option
+@click.option("--hosts", "loads", is_flag=True,
+              help="The load of each host and VM instead: CPU (all, the guests', the host's "
+                   "own), memory, network and disk rates. Takes two samples --interval apart "
+                   "(stored in the state DB) and averages over the stored ones of --window.")
+@click.option("--interval", type=click.FloatRange(min=0.1, max=600), default=None,
+              metavar="SECONDS", help="With --hosts: seconds between the two samples "
+                                      "[default: 2].")
+@click.option("--window", type=click.FloatRange(min=0.1, max=86400), default=None,
+              metavar="SECONDS", help="With --hosts: seconds of samples the load is averaged "
+                                      "over [default: 60].")
 @click.pass_obj
 @handles_errors
-def status(obj: Ctx, project: str | None, output: str) -> None:
+def status(obj: Ctx, project: str | None, output: str, loads: bool, interval: float | None,
+           window: float | None) -> None:
     """Per host: projects, VMs, memory used and available, groups. Per node: state, host,
-    addresses, uptime."""
+    addresses, uptime. With --hosts: the load of each host and VM."""
+    if loads:
+        from elastic.engine.status import LOAD_WINDOW, SAMPLE_INTERVAL, host_loads
+        report = host_loads(obj.state_dir, project,
+                            interval=SAMPLE_INTERVAL if interval is None else interval,
+                            window=LOAD_WINDOW if window is None else window)
+        if output == "json":
+            render.print_json(report)
+        else:
+            render.print_host_loads(report, obj.out)
+        return
+    if interval is not None or window is not None:
+        raise click.UsageError("--interval and --window go with --hosts")
     from elastic.engine.status import collect
     report = collect(obj.state_dir, project)
     if output == "json":

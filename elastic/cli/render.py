@@ -149,3 +149,55 @@ def print_status(report: dict[str, Any], console: Console) -> None:
         for d in report["decisions"]:
             what = d["kind"].removeprefix("decision:")
             console.print(f"  {what} {d['node'] or ''}: {d['reason']}", markup=False)
+
+
+def percent(fraction: float | None) -> str:
+    return "-" if fraction is None else f"{fraction * 100:.1f}%"
+
+
+def rate(bps: float | None) -> str:
+    """Bytes per second, in binary units."""
+    if bps is None:
+        return "-"
+    for unit in ("B/s", "KiB/s", "MiB/s"):
+        if abs(bps) < 1024:
+            return f"{bps:.0f} {unit}" if unit == "B/s" else f"{bps:.1f} {unit}"
+        bps /= 1024
+    return f"{bps:.1f} GiB/s"
+
+
+def print_host_loads(report: dict[str, Any], console: Console) -> None:
+    """`elastic status --hosts`: per host, then per VM. CPU is in % of all the host's CPUs
+    (a VM's own column: of its vcpus)."""
+    hosts = Table(title=f"host load (samples {report['interval']:g} s apart, averaged over "
+                        f"up to {report['window']:g} s)", title_justify="left")
+    for col in ("host", "answers", "CPUs", "CPU", "guests", "own", "memory total", "free",
+                "assigned", "VMs", "over", "CPU counted by"):
+        hosts.add_column(col, justify="left" if col in ("host", "answers", "CPU counted by")
+                         else "right")
+    vms = Table(title="VM load", title_justify="left")
+    for col in ("VM", "host", "CPU", "of its vcpus", "memory", "net rx", "net tx",
+                "disk read", "disk write", "over"):
+        vms.add_column(col, justify="left" if col in ("VM", "host") else "right")
+    for h in report["hosts"]:
+        answers = "yes" if h["answers"] else "[red]no[/red]"
+        over = "-" if h["window"] is None else f"{h['window']:g} s"
+        hosts.add_row(h["name"], answers, str(h["ncpus"] or "-"), percent(h["cpu"]),
+                      percent(h["cpu_guests"]), percent(h["cpu_own"]), mib(h["memory_total"]),
+                      mib(h["memory_free"]), mib(h["memory_assigned"]), str(len(h["vms"])),
+                      over, h["cpu_source"])
+        for v in h["vms"]:
+            measured = v["window"] > 0
+            vms.add_row(v["name"], h["name"], percent(v["cpu"]) if measured else "-",
+                        percent(v["cpu_vcpus"]) if measured else "-", mib(v["memory"]),
+                        *(rate(v[k]) if measured else "-"
+                          for k in ("net_rx_bps", "net_tx_bps", "disk_rd_bps", "disk_wr_bps")),
+                        f"{v['window']:g} s" if measured else "new")
+    console.print(hosts)
+    for h in report["hosts"]:
+        if not h["answers"]:
+            console.print(f"{h['name']} does not answer: {h['error']}", markup=False)
+    if vms.row_count:
+        console.print(vms)
+    for note in report.get("notes", []):
+        console.print(f"note: {note}", markup=False)

@@ -1,19 +1,31 @@
 """What `elastic status` and `elastic console` need: the state DB joined with what each host
-reports right now (hosts that do not answer are shown as such, never hidden)."""
+reports right now (hosts that do not answer are shown as such, never hidden).
+
+`elastic status --hosts` (``host_loads``): two samples of every host, ``interval`` apart,
+stored in the state DB; each host's load is then averaged over its stored samples of the
+last ``window`` seconds (``elastic.monitoring.load``)."""
 
 from __future__ import annotations
 
 import concurrent.futures
+import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from elastic.adapters.monitor import sample
 from elastic.adapters.providers.libvirt import LibvirtHost
-from elastic.clock import SystemClock
-from elastic.errors import PermanentError
+from elastic.clock import Clock, SystemClock
+from elastic.errors import ConfigError, PermanentError
 from elastic.lifecycle import State
+from elastic.model import HostSpec
+from elastic.monitoring import HostLoad, HostSample, load
 from elastic.state import Store
 
 PROBE_TIMEOUT = 8.0
+SAMPLE_INTERVAL = 2.0    # seconds between the two samples of `status --hosts`
+LOAD_WINDOW = 60.0       # seconds of stored samples the load is averaged over
 
 
 def collect(state_dir: Path, project: str | None = None) -> dict[str, Any]:
@@ -100,6 +112,166 @@ def _probe(hosts) -> dict[str, dict[str, Any]]:
         return {}
     with concurrent.futures.ThreadPoolExecutor(max_workers=len(hosts)) as ex:
         return dict(ex.map(one, hosts))
+
+
+# ------------------------------------------------------------------ status --hosts
+
+@dataclass(frozen=True)
+class MonitorTarget:
+    """A host to sample, and how: its load from a cgroup (with the host's share of the
+    machine as its capacity) or from libvirt's node counters."""
+
+    name: str
+    uri: str
+    cpu_cgroup: str | None = None
+    ncpus: int | None = None       # only with cpu_cgroup: the spec's vcpus
+    memory_mib: int | None = None  # ... and memory
+
+
+def host_loads(state_dir: Path, project: str | None = None, *,
+               interval: float = SAMPLE_INTERVAL, window: float = LOAD_WINDOW,
+               clock: Clock | None = None) -> dict[str, Any]:
+    """Sample every host of ``project`` (of every project if None) twice, ``interval``
+    seconds apart, store the samples, and report each host's load over the last
+    ``window`` seconds of stored samples (fractions of all its CPUs; bytes per second).
+    A host that does not answer is reported with its error."""
+    for flag, value in (("--interval", interval), ("--window", window)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ConfigError(f"{flag} must be a positive number of seconds, not {value!r}",
+                              key=flag)
+    clock = clock or SystemClock()
+    report: dict[str, Any] = {"time": clock.now(), "interval": interval, "window": window,
+                              "hosts": [], "notes": []}
+    if not Store.exists(state_dir):
+        report["notes"].append(f"no state database in {state_dir}: no hosts known")
+        return report
+    with Store.open(state_dir) as store:
+        if project is not None and store.get_project(project) is None:
+            raise PermanentError(f"no project named {project} in {state_dir}")
+        targets, notes = monitor_targets(store, project)
+    report["notes"] += notes
+    taken = _sample_hosts(targets, interval, clock)
+    with Store.open(state_dir) as store:
+        for samples, _error in taken.values():
+            for s in samples:
+                store.add_sample(s)
+        for t in targets:
+            samples, error = taken[t.name]
+            newest = samples[-1].t if samples else clock.now()
+            since = min([newest - window, *(s.t for s in samples)])
+            history = store.samples(t.name, since)
+            got = load(history, window) if history else None
+            report["hosts"].append(load_dict(t, got, error))
+    report["time"] = clock.now()
+    return report
+
+
+def monitor_targets(store: Store, project: str | None) -> tuple[list[MonitorTarget], list[str]]:
+    """The hosts of ``project`` (every host in the DB if None), each with its cpu_cgroup
+    from the specs the projects were brought up from."""
+    projects = [p for p in store.list_projects() if project in (None, p.name)]
+    records = store.hosts()
+    if project is not None:
+        used = set((projects[0].data or {}).get("hosts", [])) | {
+            n.host for n in store.list_nodes(project) if n.host and n.state != State.DONE}
+        records = [h for h in records if h.name in used]
+    specs, notes = _host_specs(store, projects, {h.name for h in records})
+    targets = []
+    for h in records:
+        spec = specs.get(h.name)
+        cgroup = (h.data or {}).get("cpu_cgroup") or (spec.cpu_cgroup if spec else None)
+        if cgroup:
+            ncpus = (spec.vcpus if spec else None) or h.vcpus or None
+            memory = (spec.memory if spec else None) or h.memory or None
+            targets.append(MonitorTarget(h.name, h.uri, cgroup, ncpus, memory))
+        else:
+            targets.append(MonitorTarget(h.name, h.uri))
+    return targets, notes
+
+
+def _host_specs(store: Store, projects, wanted: set[str]) -> tuple[dict[str, HostSpec],
+                                                                     list[str]]:
+    """The host specs of the projects' recorded spec files (the state DB keeps no cgroup)."""
+    from elastic.engine.projects import resolve_with_state
+    specs: dict[str, HostSpec] = {}
+    notes = []
+    for p in projects:
+        if wanted <= set(specs):
+            break
+        try:
+            spec = Path(p.source)
+            resolved = resolve_with_state(spec, store.state_dir,
+                                          lab=bool((p.data or {}).get("lab")))
+        except Exception as e:   # a spec that moved or broke: libvirt's counters still work
+            notes.append(f"project {p.name}: cannot read its spec {p.source} ({e}); its hosts "
+                         "are measured by libvirt's node counters")
+            continue
+        for h in resolved.hosts:
+            specs.setdefault(h.name, h)
+    return specs, notes
+
+
+def _sample_hosts(targets: list[MonitorTarget], interval: float,
+                  clock: Clock) -> dict[str, tuple[list[HostSample], str | None]]:
+    """Two samples of every target, ``interval`` apart, all hosts at once. Each sample has
+    PROBE_TIMEOUT; a host that does not finish in time is reported, not waited for."""
+    out: dict[str, tuple[list[HostSample], str | None]] = {}
+    lock = threading.Lock()
+
+    def one(t: MonitorTarget) -> None:
+        host = LibvirtHost(t.name, t.uri, timeout=PROBE_TIMEOUT)
+        samples: list[HostSample] = []
+        error = None
+        try:
+            for i in range(2):
+                if i:
+                    clock.sleep(interval)
+                samples.append(sample(host, clock.now(), t.cpu_cgroup, ncpus=t.ncpus,
+                                      memory_mib=t.memory_mib))
+        except Exception as e:
+            error = str(e) or type(e).__name__
+        finally:
+            with lock:
+                out[t.name] = (samples, error)
+            host.close()
+
+    threads = [threading.Thread(target=one, args=(t,), daemon=True, name=f"sample-{t.name}")
+               for t in targets]
+    for th in threads:
+        th.start()
+    deadline = 2 * PROBE_TIMEOUT + interval + 5
+    t0 = time.monotonic()
+    for th in threads:
+        th.join(max(0.0, deadline - (time.monotonic() - t0)))
+    with lock:
+        for t in targets:
+            out.setdefault(t.name, ([], f"no answer in {deadline:g} s"))
+        return dict(out)
+
+
+def load_dict(t: MonitorTarget, got: HostLoad | None, error: str | None) -> dict[str, Any]:
+    """One host's row of `status --hosts -o json`: fractions of all the host's CPUs (0..1),
+    MiB, bytes per second; figures None when there is nothing to measure yet."""
+    row: dict[str, Any] = {
+        "name": t.name, "uri": t.uri, "answers": error is None, "error": error,
+        "cpu_source": f"cgroup {t.cpu_cgroup}" if t.cpu_cgroup else "libvirt",
+        "window": None, "samples": 0, "ncpus": None, "cpu": None, "cpu_guests": None,
+        "cpu_own": None, "memory_total": None, "memory_free": None, "memory_assigned": None,
+        "vms": []}
+    if got is None:
+        return row
+    row.update({
+        "window": round(got.window, 2), "samples": got.samples, "ncpus": got.ncpus,
+        "cpu": round(got.cpu, 4), "cpu_guests": round(got.cpu_guests, 4),
+        "cpu_own": round(got.cpu_own, 4), "memory_total": got.memory_total_mib,
+        "memory_free": got.memory_free_mib, "memory_assigned": got.memory_assigned_mib,
+        "vms": [{"name": d.name, "project": d.project, "node": d.node,
+                 "cpu": round(d.cpu, 4), "cpu_vcpus": round(d.cpu_vcpus, 4),
+                 "vcpus": d.vcpus, "memory": d.memory_mib,
+                 "net_rx_bps": round(d.net_rx_bps, 1), "net_tx_bps": round(d.net_tx_bps, 1),
+                 "disk_rd_bps": round(d.disk_rd_bps, 1), "disk_wr_bps": round(d.disk_wr_bps, 1),
+                 "window": round(d.window, 2)} for d in got.domains]})
+    return row
 
 
 def console_command(state_dir: Path, node: str) -> list[str]:

@@ -95,6 +95,22 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX plans_project ON plans(project, id);
     """,
+    # 2: samples of the hosts' counters (elastic.monitoring.HostSample): their load, for
+    # `status --hosts` and the rebalancer. Kept for a while (Store.add_sample prunes).
+    """
+    CREATE TABLE host_samples (
+        id           INTEGER PRIMARY KEY,
+        host         TEXT NOT NULL,
+        t            REAL NOT NULL,              -- epoch seconds
+        cpu_busy_ns  INTEGER NOT NULL,           -- busy CPU time of all CPUs since some start
+        cpu_source   TEXT NOT NULL,              -- 'libvirt' or 'cgroup <path>'
+        ncpus        INTEGER NOT NULL,
+        memory_total INTEGER NOT NULL,           -- MiB
+        memory_free  INTEGER NOT NULL,           -- MiB
+        domains      TEXT NOT NULL DEFAULT '[]'  -- json: [{name, cpu_time_ns, ...}, ...]
+    );
+    CREATE INDEX host_samples_host_t ON host_samples(host, t);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -26,12 +26,14 @@ from typing import Any
 
 from elastic.errors import ConfigError, PermanentError, TransientError
 from elastic.lifecycle import State, check_transition
+from elastic.monitoring import DomainSample, HostSample
 from elastic.state.migrations import SCHEMA_VERSION, migrate
 
 DB_NAME = "elastic.db"
 LOCK_DIR = "locks"
 OPEN_LOCK = "elastic.db.lock"
 BUSY_TIMEOUT = 10.0  # seconds a writer waits for another one before giving up
+SAMPLE_RETENTION = 3600.0  # seconds of host samples kept (per host, before its newest one)
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _NODE_FIELDS = frozenset({"host", "site", "provider_id", "data"})
@@ -506,6 +508,35 @@ class Store:
         return [HostRecord.from_row(r)
                 for r in self._conn.execute("SELECT * FROM hosts ORDER BY name")]
 
+    # --- host samples (their load: elastic.monitoring) ---------------------------------------
+
+    def add_sample(self, sample: HostSample, *, keep: float = SAMPLE_RETENTION) -> None:
+        """Store one host sample; that host's samples more than ``keep`` seconds older than
+        it are removed in the same transaction."""
+        domains = [dataclasses.asdict(d) for d in sample.domains]
+        with self.transaction():
+            self._conn.execute(
+                "INSERT INTO host_samples (host, t, cpu_busy_ns, cpu_source, ncpus, "
+                "memory_total, memory_free, domains) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (sample.host, sample.t, sample.cpu_busy_ns, sample.cpu_source, sample.ncpus,
+                 sample.memory_total_mib, sample.memory_free_mib, _dumps(domains)))
+            self._conn.execute("DELETE FROM host_samples WHERE host = ? AND t < ?",
+                               (sample.host, sample.t - keep))
+
+    def samples(self, host: str, since: float) -> list[HostSample]:
+        """The samples of ``host`` taken at or after ``since``, oldest first."""
+        rows = self._conn.execute(
+            "SELECT * FROM host_samples WHERE host = ? AND t >= ? ORDER BY t, id", (host, since))
+        return [_sample_from_row(r) for r in rows]
+
+    def prune_samples(self, before: float, host: str | None = None) -> int:
+        """Remove the samples (of ``host``, or of every host) taken before ``before``."""
+        where, args = _where(host=host)
+        where += (" AND " if where else " WHERE ") + "t < ?"
+        with self.transaction():
+            cur = self._conn.execute(f"DELETE FROM host_samples{where}", [*args, before])
+        return cur.rowcount
+
     # --- events and plans -------------------------------------------------------------------
 
     def record_event(self, project: str | None, kind: str, now: float, *, node: str | None = None,
@@ -602,6 +633,16 @@ def _dumps(value: Any) -> str:
 
 def _loads(text: str) -> Any:
     return json.loads(text)
+
+
+def _sample_from_row(r: sqlite3.Row) -> HostSample:
+    try:
+        return HostSample(r["host"], r["t"], r["cpu_busy_ns"], r["ncpus"], r["memory_total"],
+                          r["memory_free"], tuple(DomainSample(**d) for d in _loads(r["domains"])),
+                          r["cpu_source"])
+    except (TypeError, ValueError) as e:
+        raise PermanentError(f"host sample {r['id']} of {r['host']} in the state database is "
+                             f"damaged: {e}") from None
 
 
 def _state_or_none(value: str | None) -> State | None:

@@ -153,6 +153,50 @@ def test_start_script_binds_private_copies_and_runs_libvirtd_in_the_foreground()
     assert text.index("set -e") < text.index("mount")
 
 
+def test_a_command_joins_its_cgroup_before_entering_a_namespace(tmp_path):
+    import subprocess
+    cg = tmp_path / "cg"        # a stand-in: cgroup.procs is a plain file here
+    cg.mkdir()
+    argv = lab.in_cgroup(["sh", "-c", 'echo "$$ $*"', "x", "a b", "c"], cg)
+    assert argv[:2] == ["sh", "-c"] and argv[4:6] == ["sh", "-c"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    pid, _, args = out.stdout.strip().partition(" ")
+    assert args == "a b c"
+    assert (cg / "cgroup.procs").read_text().strip() == pid    # the very process, exec'd
+    # required: no cgroup, no command; else a warning and it runs anyway
+    gone = tmp_path / "gone"
+    strict = subprocess.run(lab.in_cgroup(["echo", "ran"], gone), capture_output=True,
+                            text=True, timeout=10)
+    assert strict.returncode != 0 and strict.stdout == ""
+    lax = subprocess.run(lab.in_cgroup(["echo", "ran"], gone, required=False),
+                         capture_output=True, text=True, timeout=10)
+    assert lax.stdout == "ran\n" and "warning: cannot join cgroup" in lax.stderr
+    assert lab.in_cgroup(["echo", "x"], None) == ["echo", "x"]
+
+
+def test_a_command_on_a_lab_host_runs_in_its_namespace_and_cgroup(tmp_path):
+    cg = Path("/sys/fs/cgroup/cpuacct/elastic-lab/h2")
+    prefix = lab.host_command_prefix("elastic-h2", cg)
+    # the cgroup first: `ip netns exec` mounts a /sys without the cgroup file systems
+    assert prefix == ["sh", "-c", f'echo $$ > {cg}/cgroup.procs && exec "$@"', "elastic-lab",
+                      "ip", "netns", "exec", "elastic-h2"]
+    assert lab.host_command_prefix("elastic-h2", None) == ["ip", "netns", "exec", "elastic-h2"]
+    assert lab.host_cgroup("h2") == "elastic-lab/h2"
+
+    class FakeRoot(Lab):
+        CGROUP_ROOT = tmp_path
+    (tmp_path / "cpuacct").mkdir()
+    assert FakeRoot(tmp_path / "lab").cgroup_dir("h2") == tmp_path / "cpuacct/elastic-lab/h2"
+    assert FakeRoot(tmp_path / "lab").host_command("h2")[2] == \
+        f"echo $$ > {tmp_path}/cpuacct/elastic-lab/h2/cgroup.procs && exec \"$@\""
+
+    class NoCgroups(Lab):
+        CGROUP_ROOT = tmp_path / "nothing"
+    assert NoCgroups(tmp_path / "lab").cgroup_dir("h1") is None
+    assert NoCgroups(tmp_path / "lab").host_command("h1") == ["ip", "netns", "exec",
+                                                              "elastic-h1"]
+
+
 def test_hosts_file():
     text = lab.render_hosts_file([("h1", "10.77.0.11"), ("h2", "10.77.0.12")])
     assert "127.0.0.1\tlocalhost" in text
@@ -178,6 +222,9 @@ def test_hosts_yaml_parses_and_validates():
         assert block.uplink == "br0"
         assert block.attributes == {"lab": True, "address": h.address,
                                     "migration_uri": h.migration_uri, "netns": h.netns}
+        assert block.cpu_cgroup == f"elastic-lab/{h.name}"
+    plain = yaml.safe_load(lab.render_hosts_yaml(hosts, cpu_cgroups=False))
+    assert all("cpu_cgroup" not in raw for raw in plain["hosts"].values())
 
 
 def test_hosts_yaml_quotes_odd_paths():

@@ -18,6 +18,7 @@ import pytest
 
 from elastic.errors import ConfigError, PermanentError, TransientError
 from elastic.lifecycle import InvalidTransition, State
+from elastic.monitoring import DomainSample, HostSample
 from elastic.state import (
     DB_NAME,
     SCHEMA_VERSION,
@@ -65,7 +66,7 @@ def test_open_creates_private_dir_db_in_wal_mode_at_current_version(tmp_path: Pa
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == len(MIGRATIONS)
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    assert {"projects", "nodes", "leases", "hosts", "events", "plans"} <= tables
+    assert {"projects", "nodes", "leases", "hosts", "events", "plans", "host_samples"} <= tables
     triggers = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='trigger'")}
     assert triggers == {"events_no_update", "events_no_delete"}
 
@@ -345,6 +346,59 @@ def test_plans(store: Store) -> None:
     ids = [store.save_plan("web", {"n": i}, T0 + i) for i in range(3)]
     assert [p.plan for p in store.plans("web")] == [{"n": 0}, {"n": 1}, {"n": 2}]
     assert [p.id for p in store.plans("web", limit=1)] == ids[-1:]
+
+
+# --- host samples ---------------------------------------------------------------------------
+
+def host_sample(t: float, host: str = "h1", busy: int = 0, *domains: DomainSample,
+                source: str = "libvirt") -> HostSample:
+    return HostSample(host, T0 + t, busy, 2, 3072, 1024, domains, source)
+
+
+def test_samples_round_trip_in_time_order(store: Store) -> None:
+    vm = DomainSample("web1.shop", "shop", "web1", 5 * 10**18, 2, 512, 1, 2, 3, 4)
+    other = DomainSample("test", None, None, 7, 1, 128)
+    later = host_sample(10, "h1", 2_000, vm, other, source="cgroup elastic-lab/h1")
+    store.add_sample(later)
+    store.add_sample(host_sample(0, "h1", 1_000))
+    store.add_sample(host_sample(5, "h2", 9))
+    assert store.samples("h1", T0 - 1) == [host_sample(0, "h1", 1_000), later]
+    assert store.samples("h1", T0 + 10) == [later]
+    assert store.samples("h1", T0 + 11) == []
+    assert store.samples("h3", 0) == []
+    assert [s.host for s in store.samples("h2", 0)] == ["h2"]
+
+
+def test_old_samples_are_pruned(store: Store) -> None:
+    for t in (0, 1000, 3000, 4000):
+        store.add_sample(host_sample(t), keep=3600)
+    store.add_sample(host_sample(0, "h2"))
+    # 4000 - 3600 = 400: the sample at 0 went, the others stay (and h2's is h2's)
+    assert [s.t - T0 for s in store.samples("h1", 0)] == [1000, 3000, 4000]
+    assert len(store.samples("h2", 0)) == 1
+    assert store.prune_samples(T0 + 3500, host="h1") == 2
+    assert store.prune_samples(T0 + 10**6) == 2
+    assert count(store, "host_samples") == 0
+
+
+def test_a_version_1_database_gains_the_samples_table(tmp_path: Path) -> None:
+    path = tmp_path / DB_NAME
+    conn = sqlite3.connect(path, isolation_level=None)
+    migrate(conn, path, MIGRATIONS[:1])
+    conn.execute("INSERT INTO projects VALUES ('old', 'a.yaml', 'h', 1, 1, '{}')")
+    conn.close()
+    with Store.open(tmp_path) as s:
+        assert s.get_project("old") is not None
+        s.add_sample(host_sample(0))
+        assert len(s.samples("h1", 0)) == 1
+
+
+def test_a_damaged_sample_is_a_clear_error(store: Store) -> None:
+    store.add_sample(host_sample(0))
+    with raw(store) as conn:
+        conn.execute("UPDATE host_samples SET ncpus = 0")
+    with pytest.raises(PermanentError, match="host sample 1 of h1 .* damaged: .*ncpus"):
+        store.samples("h1", 0)
 
 
 # --- the per-project lock -------------------------------------------------------------------
