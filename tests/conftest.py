@@ -19,17 +19,12 @@ def write(tmp_path: Path):
     return _write
 
 
-# The system tests that use the machine-wide lab (its namespaces, cgroups and local EC2 have
-# fixed names) get the marker `lab`: scripts/test.sh runs them one after another in one pytest
-# process, and everything else (unit, contract, simulation, the image tests with namespaces of
-# their own, WireGuard/OpenVPN between namespaces of their own) in a second one beside it.
-LAB_MODULES = ("test_lab.py", "test_autoscale_sge.py", "test_burst.py", "test_cloudlab.py",
-               "test_sge_capture.py", "test_sge_guests.py", "test_up.py", "test_upgrade.py",
-               "test_monitor.py", "test_rebalance_lab.py")
-
-
+# Every system test (they boot VMs under TCG, or use the machine-wide lab whose namespaces,
+# cgroups and local EC2 have fixed names) gets the marker `serial`: scripts/test.sh runs them one
+# after another in one pytest process, and the rest (unit, contract, simulation: Python only)
+# in a second process beside it, at a lower CPU priority, so that guests boot as fast as alone.
 @pytest.hookimpl(tryfirst=True)     # before -m selects on it
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if item.path.name in LAB_MODULES or "lab" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.lab)
+        if "tests/system/" in item.path.as_posix() or "lab" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.serial)

@@ -222,6 +222,54 @@ def upgrade(obj: Ctx, spec: Path, output: str, lab: bool, dry_run: bool) -> None
 
 
 @cli.command()
+@click.argument("target", metavar="SPEC|PROJECT")
+@output_option
+@lab_option
+@click.option("--dry-run", is_flag=True,
+              help="Measure and print the plan (each migration and its reason); move nothing.")
+@click.option("--interval", type=click.FloatRange(min=0.1, max=600), default=2.0,
+              show_default=True, metavar="SECONDS",
+              help="Seconds between the two samples taken of every host now.")
+@click.option("--window", type=click.FloatRange(min=0.1, max=86400), default=None,
+              metavar="SECONDS",
+              help="Average the load over the stored samples of this many seconds "
+                   "[default: rebalance.window of the spec, 60].")
+@click.pass_obj
+@handles_errors
+def rebalance(obj: Ctx, target: str, output: str, lab: bool, dry_run: bool, interval: float,
+              window: float | None) -> None:
+    """Live-migrate chunks off overloaded hosts (XenGuard): measure every host's CPU and
+    memory, plan (rebalance: cpu_high, cpu_low, memory_floor, policy, max_migrations in the
+    spec), then move each chunk whole. Chunks that fit nowhere are reported, never split."""
+    from elastic.engine.projects import resolve_with_state
+    from elastic.engine.rebalance import Rebalancer
+    spec, lab = _target(obj, target, lab)
+    project = resolve_with_state(spec, obj.state_dir, lab=lab)
+    say = (lambda m: obj.err.print(m, markup=False)) if output != "json" else None
+    with _cluster(obj, progress=not dry_run and output != "json") as cluster:
+        outcome = Rebalancer(cluster, obj.state_dir).run(
+            spec, project, dry_run=dry_run, interval=interval, window=window, say=say)
+    plan = outcome.plan
+    if output == "json":
+        render.print_json({
+            "dry_run": dry_run,
+            "loads": {h: (None if got is None else {
+                "cpu": round(got.cpu, 4), "cpu_own": round(got.cpu_own, 4),
+                "memory_free": got.memory_free_mib, "ncpus": got.ncpus})
+                for h, got in sorted(outcome.loads.items())},
+            "overloaded": dict(plan.overloaded),
+            "migrations": [m.__dict__ for m in plan.migrations],
+            "unplaced": {u: dict(w) for u, w in plan.unplaced.items()},
+            "notes": outcome.notes,
+            "migrated": {u: round(t, 2) for u, t in outcome.migrated.items()},
+            "failed": outcome.failed})
+    else:
+        render.print_rebalance(outcome, dry_run, obj.out)
+    if outcome.failed:
+        sys.exit(EXIT_FAILED)
+
+
+@cli.command()
 @click.argument("project")
 @output_option
 @click.pass_obj

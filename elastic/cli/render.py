@@ -201,3 +201,35 @@ def print_host_loads(report: dict[str, Any], console: Console) -> None:
         console.print(vms)
     for note in report.get("notes", []):
         console.print(f"note: {note}", markup=False)
+
+
+def print_rebalance(outcome: Any, dry_run: bool, console: Console) -> None:
+    """`elastic rebalance`: each host's load, what is overloaded, the plan (each move and its
+    reason), what fits nowhere, the notes; then what was done."""
+    plan = outcome.plan
+    loads = Table(title="host load", title_justify="left")
+    for col in ("host", "CPUs", "CPU", "own", "memory free", "overloaded"):
+        loads.add_column(col, justify="left" if col in ("host", "overloaded") else "right")
+    for name, got in sorted(outcome.loads.items()):
+        if got is None:
+            loads.add_row(name, "-", "-", "-", "-", "not measured")
+            continue
+        loads.add_row(name, str(got.ncpus), f"{got.cpu:.0%}", f"{got.cpu_own:.0%}",
+                      f"{got.memory_free_mib} MiB", plan.overloaded.get(name, ""))
+    console.print(loads)
+    verb = "would move" if dry_run else "move"
+    if not plan.migrations:
+        console.print("nothing to move", markup=False)
+    for m in plan.migrations:
+        console.print(f"{verb} {m.unit} ({', '.join(m.nodes)}) {m.src} -> {m.dst}: {m.reason}",
+                      markup=False)
+    for unit, why in plan.unplaced.items():
+        console.print(f"{unit} fits no target, it stays:", markup=False)
+        for host, reason in why.items():
+            console.print(f"  {host}: {reason}", markup=False)
+    for note in outcome.notes:
+        console.print(f"note: {note}", markup=False)
+    for unit, secs in outcome.migrated.items():
+        console.print(f"{unit} migrated in {secs:.1f} s", markup=False)
+    for unit, why in outcome.failed.items():
+        console.print(f"{unit} FAILED to migrate (it stays where it was): {why}", markup=False)

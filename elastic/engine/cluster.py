@@ -492,6 +492,37 @@ class Cluster:
         outcome.changes = [str(c) for c in changes]
         return changes, outcome
 
+    # ---------------------------------------------------------------------- rebalance
+    def capacities(self, project: Project) -> dict[str, HostCapacity]:
+        """Every host of ``project`` (each asked, in parallel), with what the other
+        projects' nodes take there counted as used."""
+        return self._with_others(project.name, self._preflight(project.hosts))
+
+    def migrate(self, spec: Path, project: Project, moves: Iterable[Change],
+                on_done: Callable[[Change, float | str], None] | None = None
+                ) -> dict[str, float | str]:
+        """Live-migrate whole chunks (the rebalancer's moves), one after another: each as
+        ``upgrade`` does (bridges, bases, disks and context on the target first, every node
+        of the chunk at once, the source's leftovers removed after). Returns chunk ->
+        seconds, or why it failed (its nodes then still run on the source)."""
+        hosts = {h.name: h for h in project.hosts}
+        done: dict[str, float | str] = {}
+        with self.store() as store, store.lock(project.name):
+            moves = list(moves)
+            images_needed = sorted({project.node(n).image for m in moves for n in m.nodes})
+            built = {name: images.build(name, self.state_dir / "images", self.report.step)
+                     for name in images_needed}
+            for change in moves:
+                self.report.step(str(change))
+                try:
+                    done[change.target] = self._migrate_chunk(store, project, spec, change,
+                                                              hosts, built)
+                except ElasticError as e:
+                    done[change.target] = str(e)
+                if on_done is not None:
+                    on_done(change, done[change.target])
+        return done
+
     def _stop_for_resize(self, store: Store, hosts: dict[str, HostSpec], project: Project,
                          change: Change) -> None:
         node = project.node(change.target)

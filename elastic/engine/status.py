@@ -10,6 +10,7 @@ from __future__ import annotations
 import concurrent.futures
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -145,12 +146,29 @@ def host_loads(state_dir: Path, project: str | None = None, *,
     if not Store.exists(state_dir):
         report["notes"].append(f"no state database in {state_dir}: no hosts known")
         return report
+    measured, notes = measure(state_dir, project, interval=interval, window=window,
+                              clock=clock)
+    report["notes"] += notes
+    report["hosts"] = [load_dict(t, got, error) for t, got, error in measured]
+    report["time"] = clock.now()
+    return report
+
+
+def measure(state_dir: Path, project: str | None = None, *, interval: float = SAMPLE_INTERVAL,
+            window: float = LOAD_WINDOW, clock: Clock | None = None,
+            hosts: Sequence[HostSpec] | None = None
+            ) -> tuple[list[tuple[MonitorTarget, HostLoad | None, str | None]], list[str]]:
+    """Sample the hosts of ``project`` (all if None; exactly ``hosts`` if given) twice,
+    ``interval`` apart, store the samples, and give each host's load over the stored
+    samples of the last ``window`` seconds (None if not measurable) and its error (None if
+    it answered)."""
+    clock = clock or SystemClock()
     with Store.open(state_dir) as store:
         if project is not None and store.get_project(project) is None:
             raise PermanentError(f"no project named {project} in {state_dir}")
-        targets, notes = monitor_targets(store, project)
-    report["notes"] += notes
+        targets, notes = monitor_targets(store, project, hosts)
     taken = _sample_hosts(targets, interval, clock)
+    out: list[tuple[MonitorTarget, HostLoad | None, str | None]] = []
     with Store.open(state_dir) as store:
         for samples, _error in taken.values():
             for s in samples:
@@ -160,15 +178,19 @@ def host_loads(state_dir: Path, project: str | None = None, *,
             newest = samples[-1].t if samples else clock.now()
             since = min([newest - window, *(s.t for s in samples)])
             history = store.samples(t.name, since)
-            got = load(history, window) if history else None
-            report["hosts"].append(load_dict(t, got, error))
-    report["time"] = clock.now()
-    return report
+            out.append((t, load(history, window) if history else None, error))
+    return out, notes
 
 
-def monitor_targets(store: Store, project: str | None) -> tuple[list[MonitorTarget], list[str]]:
+def monitor_targets(store: Store, project: str | None,
+                    hosts: Sequence[HostSpec] | None = None
+                    ) -> tuple[list[MonitorTarget], list[str]]:
     """The hosts of ``project`` (every host in the DB if None), each with its cpu_cgroup
-    from the specs the projects were brought up from."""
+    from the specs the projects were brought up from; or exactly ``hosts`` (a resolved
+    project's: the rebalancer measures the targets too, not only the hosts in use)."""
+    if hosts is not None:
+        return [MonitorTarget(h.name, h.uri, h.cpu_cgroup, h.vcpus if h.cpu_cgroup else None,
+                              h.memory if h.cpu_cgroup else None) for h in hosts], []
     projects = [p for p in store.list_projects() if project in (None, p.name)]
     records = store.hosts()
     if project is not None:

@@ -247,18 +247,24 @@ class Scheduler:
     returns why a host is rejected, or None."""
 
     def __init__(self, hosts: Mapping[str, HostCapacity], policy: str = "packing",
-                 rank: Expression | None = None, extra: Extra | None = None) -> None:
+                 rank: Expression | None = None, extra: Extra | None = None,
+                 key: Callable[[_Host], tuple[Any, ...]] | None = None) -> None:
+        """``key``: the order to try hosts in instead of the policy's (lowest first; the
+        rebalancer's: CPU band, then the least free memory)."""
         if policy not in POLICIES:
             raise ValueError(f"unknown placement policy {policy!r} (one of {', '.join(POLICIES)})")
         self.policy = policy
         self.rank = rank
         self.extra = extra
+        self.custom_key = key
         self.hosts = {name: _Host(cap) for name, cap in hosts.items()}
         self._order = SortedKeyList(self.hosts, key=self._key)
 
     # ------------------------------------------------------------------ ordering
     def _key(self, name: str) -> tuple[Any, ...]:
         h = self.hosts[name]
+        if self.custom_key is not None:
+            return (*self.custom_key(h), name)
         if self.policy == "packing":
             k: tuple[Any, ...] = (h.free_memory, h.free_vcpus)
         elif self.policy == "striping":
@@ -270,7 +276,7 @@ class Scheduler:
         return (*k, name)
 
     def _candidates(self, unit: Unit) -> Iterable[str]:
-        if self.policy == "packing" and self.rank is None:
+        if self.policy == "packing" and self.rank is None and self.custom_key is None:
             # the first host with enough free memory, by bisection; then on in order
             start = self._order.bisect_key_left((unit.memory,))
             return self._order.islice(start)

@@ -109,8 +109,10 @@ def plan(hosts: Mapping[str, HostState], placed: Sequence[Placed],
     if not overloaded:
         return RebalancePlan(notes=(*notes, "no host is overloaded"))
 
-    sched = Scheduler({n: replace(h.capacity, cpu_load=h.cpu if h.cpu is not None else 1.0)
-                       for n, h in hosts.items()}, "load-aware")
+    bars = _bars(settings)
+    sched = Scheduler({n: replace(h.capacity, cpu_load=h.cpu if h.cpu is not None else 9.9)
+                       for n, h in hosts.items()}, "load-aware",
+                      key=lambda x: (_band(x.cpu_load, bars), x.free_memory, x.free_vcpus))
     for p in placed:                    # the project's own units where they run now
         if p.host in sched.hosts:
             sched.take(p.unit, p.host)
@@ -145,7 +147,7 @@ def plan(hosts: Mapping[str, HostState], placed: Sequence[Placed],
                 notes.append(f"{p.unit.name} on {src} waits for a later round "
                              f"(max_migrations {settings.max_migrations} per round)")
                 continue
-            dst, why = _target(sched, hosts, cores, free, p, src, settings)
+            dst, why = _target(sched, hosts, cores, free, p, src, settings, bars)
             if dst is None:
                 assert isinstance(why, dict)
                 unplaced[p.unit.name] = why
@@ -189,13 +191,30 @@ def _why_this(policy: str) -> str:
             "most-important-last": "has the lowest priority (most-important-last)"}[policy]
 
 
+def _bars(settings: Settings) -> list[float]:
+    """cpu_low, raised by cpu_low_step up to cpu_high: the bars a target's CPU must be under."""
+    bars = [settings.cpu_low]
+    while bars[-1] < settings.cpu_high - 1e-9:
+        bars.append(min(settings.cpu_high, round(bars[-1] + settings.cpu_low_step, 6)))
+    return bars
+
+
+def _band(load: float, bars: Sequence[float]) -> int:
+    """The first bar a host with this load is under (len(bars): none)."""
+    for k, bar in enumerate(bars):
+        if load < bar:
+            return k
+    return len(bars)
+
+
 def _target(sched: Scheduler, hosts: Mapping[str, HostState], cores: Mapping[str, float],
-            free: Mapping[str, int | None], p: Placed, src: str, settings: Settings
-            ) -> tuple[str | None, str | dict[str, str]]:
-    """The least-loaded host that passes the filters with its load under the bar, the bar
-    raised from cpu_low by cpu_low_step up to cpu_high when none does."""
-    bar = settings.cpu_low
-    while True:
+            free: Mapping[str, int | None], p: Placed, src: str, settings: Settings,
+            bars: Sequence[float]) -> tuple[str | None, str | dict[str, str]]:
+    """A host under the bar that passes the placement filters, with the least free memory
+    that fits (so a bigger chunk still finds room elsewhere); the bar is cpu_low, raised
+    step by step up to cpu_high while no host qualifies (XenGuard). The move must not put
+    the target over cpu_high, nor under the memory floor."""
+    for k, bar in enumerate(bars):
         def cpu_filter(unit: Unit, cap: HostCapacity, bar: float = bar) -> str | None:
             h = hosts[cap.name]
             if h.cpu is None:
@@ -212,21 +231,22 @@ def _target(sched: Scheduler, hosts: Mapping[str, HostState], cores: Mapping[str
                 return (f"{f} MiB measured free: the chunk's {unit.memory} MiB would leave "
                         f"less than memory_floor {settings.memory_floor} MiB")
             return None
-        last_try = bar >= settings.cpu_high - 1e-9
+        last_try = k == len(bars) - 1
         sched.extra = cpu_filter
-        try:        # hosts come least loaded first: none from the first at the bar on passes
+        try:       # hosts come in CPU bands: none from the first band over this bar on passes
             dst, why = sched.choose(p.unit, exclude=[src], explain=last_try,
                                     until=None if last_try else
-                                    (lambda n, bar=bar: sched.hosts[n].cpu_load >= bar))
+                                    (lambda n, k=k: _band(sched.hosts[n].cpu_load, bars) > k))
         finally:
             sched.extra = None
         if dst is not None:
             h = hosts[dst]
-            raised = "" if bar == settings.cpu_low else \
+            raised = "" if k == 0 else \
                 f" (cpu_low {settings.cpu_low:.0%} raised to {bar:.0%}: no host was under it)"
-            return dst, (f"{dst} has the lowest CPU ({cores[dst] / h.ncpus:.0%}) of the hosts "
-                         f"with room for it{raised}")
+            return dst, (f"{dst} is under {bar:.0%} CPU ({cores[dst] / h.ncpus:.0%}) and has "
+                         f"the least free memory that fits it "
+                         f"({sched.hosts[dst].free_memory} MiB){raised}")
         assert isinstance(why, dict)
         if last_try:
             return None, why
-        bar = min(settings.cpu_high, round(bar + settings.cpu_low_step, 6))
+    raise AssertionError("no bars")

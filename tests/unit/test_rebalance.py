@@ -36,7 +36,8 @@ def host(name, memory, cpu, own=0.0, ncpus=2, used=0, free=None):
                      own, free)
 
 
-def test_the_thesis_scenario_splits_the_two_chunks_over_two_hosts(write):
+@pytest.mark.parametrize("a_cores, bc_cores", [(0.04, 0.06), (0.3, 0.06)])
+def test_the_thesis_scenario_splits_the_two_chunks_over_two_hosts(write, a_cores, bc_cores):
     """10 VMs in 3 networks forming 2 chunks (3 VMs + 1 switch; 7 VMs + 2 switches) on h1,
     loaded by a CPU burner on the host itself; neither target has memory for both."""
     p, u = units(write)
@@ -45,7 +46,9 @@ def test_the_thesis_scenario_splits_the_two_chunks_over_two_hosts(write):
     hosts = {"h1": host("h1", 2048, cpu=0.95, own=0.9),
              "h2": host("h2", 1000, cpu=0.02),         # room for b (896 MiB), not for both
              "h3": host("h3", 600, cpu=0.05)}          # room for a (384 MiB) only
-    placed = [Placed(u["a"], "h1", cores=0.04), Placed(u["b+c"], "h1", cores=0.06)]
+    # whichever chunk moves first (the busier), the small one goes to the tightest fit (h3)
+    # and leaves h2's room for the big one
+    placed = [Placed(u["a"], "h1", cores=a_cores), Placed(u["b+c"], "h1", cores=bc_cores)]
     result = plan(hosts, placed, Settings())
     moves = {m.unit: (m.src, m.dst) for m in result.migrations}
     assert moves == {"a": ("h1", "h3"), "b+c": ("h1", "h2")}
@@ -55,7 +58,8 @@ def test_the_thesis_scenario_splits_the_two_chunks_over_two_hosts(write):
     (b,) = [m for m in result.migrations if m.unit == "b+c"]
     assert b.nodes == ("big1", "big2", "big3", "big4", "big5", "big6", "router")
     assert "uses the most CPU of what can move (least-migrations)" in b.reason
-    assert "h2 has the lowest CPU (2%)" in b.reason
+    assert "h2 is under 10% CPU (2%) and has the least free memory that fits it (1000 MiB)" \
+        in b.reason
 
 
 def test_a_chunk_too_large_for_any_host_is_reported_and_not_moved(write):
