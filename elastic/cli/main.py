@@ -434,6 +434,7 @@ def autoscale(obj: Ctx, spec: Path, lab: bool, batch_netns: str | None, once: bo
     """Follow the batch queue: add workers when jobs wait, drain and remove idle ones. Every
     decision goes to the event log with its reason. SIGTERM stops it between ticks."""
     import signal
+    import time as _time
 
     from elastic.engine.autoscale import Stopper
     from elastic.state import Store
@@ -442,12 +443,39 @@ def autoscale(obj: Ctx, spec: Path, lab: bool, batch_netns: str | None, once: bo
     signal.signal(signal.SIGINT, stopper)
     with _autoscaler(obj, spec, lab, batch_netns, progress=False) as scaler:
         project = scaler.fleet.project(None)
+        rebalance = project.rebalance
+        due = None
+        if rebalance is not None and rebalance.enabled and not (once or dry_run):
+            from elastic.engine.rebalance import Due, Rebalancer
+            due = Due(rebalance.window, _time.monotonic())
+            rebalancer = Rebalancer(scaler.fleet.cluster, obj.state_dir)
         with Store.open(obj.state_dir) as store, store.lock(f"{project.name}.autoscale"):
             while True:
                 result = scaler.tick(dry_run=dry_run)
                 _print_tick(obj, result, output)
+                if due is not None and due(_time.monotonic()):
+                    _rebalance_round(obj, rebalancer, spec, scaler.fleet.project(None))
                 if once or dry_run or stopper.event.wait(project.scaling.tick):
                     break
+
+
+def _rebalance_round(obj: Ctx, rebalancer, spec: Path, project) -> None:
+    """One rebalance inside the autoscaler's daemon (rebalance: {enabled: true}): its moves
+    and errors are printed and recorded; an error does not stop the daemon."""
+    from elastic.errors import ElasticError
+    try:
+        outcome = rebalancer.run(spec, project)
+    except ElasticError as e:
+        obj.out.print(f"  rebalance error: {e}", markup=False)
+        return
+    for m in outcome.plan.migrations:
+        got = outcome.migrated.get(m.unit)
+        done = f"migrated in {got:.1f} s" if got is not None else \
+            f"FAILED: {outcome.failed.get(m.unit, '?')}"
+        obj.out.print(f"  rebalance {m.unit} {m.src} -> {m.dst} ({done}): {m.reason}",
+                      markup=False)
+    for unit in outcome.plan.unplaced:
+        obj.out.print(f"  rebalance: {unit} fits no target, it stays", markup=False)
 
 
 def _print_tick(obj: Ctx, result, output: str) -> None:

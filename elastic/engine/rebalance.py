@@ -92,6 +92,21 @@ def snapshot(cluster: Cluster, store: Store, project: Project,
     return Snapshot(hosts, placed, notes)
 
 
+class Due:
+    """When the autoscaler's daemon rebalances: once every ``every`` seconds (the window the
+    load is averaged over), the first time one window after it started."""
+
+    def __init__(self, every: float, start: float) -> None:
+        self.every = every
+        self.next = start + every
+
+    def __call__(self, now: float) -> bool:
+        if now < self.next:
+            return False
+        self.next = now + self.every
+        return True
+
+
 class Rebalancer:
     def __init__(self, cluster: Cluster, state_dir: Path, clock: Clock | None = None) -> None:
         self.cluster = cluster
