@@ -7,6 +7,7 @@ path to a qcow2/raw disk image.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from dataclasses import dataclass
@@ -53,6 +54,13 @@ def check_image(name: str) -> None:
                       "to a qcow2 file", key="image")
 
 
+def cache_dir(state_dir: Path) -> Path:
+    """Where built images live: $ELASTIC_IMAGE_CACHE if set (several state dirs, e.g. the
+    system tests', share one), else the state dir's images/."""
+    shared = os.environ.get("ELASTIC_IMAGE_CACHE")
+    return Path(shared) if shared else state_dir / "images"
+
+
 def build(name: str, cache: Path, progress=None) -> ImageFiles:
     """The image's files, building the recipe first if needed."""
     check_image(name)
@@ -62,7 +70,11 @@ def build(name: str, cache: Path, progress=None) -> ImageFiles:
     out.mkdir(parents=True, exist_ok=True)
     if progress:
         progress(f"image {name}: building (or checking) in {out}")
-    run([str(recipes_dir() / name / "build.sh"), str(out)], timeout=BUILD_TIMEOUT)
+    # one build at a time per image directory: elastic processes (an autoscaler and an
+    # add-workers, or several state dirs sharing ELASTIC_IMAGE_CACHE) may ask at once
+    with open(cache / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        run([str(recipes_dir() / name / "build.sh"), str(out)], timeout=BUILD_TIMEOUT)
     manifest = json.loads((out / "manifest.json").read_text()) if \
         (out / "manifest.json").is_file() else {}
     kernel = out / "vmlinuz"

@@ -22,6 +22,20 @@ def missing_parts() -> list[str]:
     return out
 
 
+@pytest.fixture(scope="session", autouse=True)
+def shared_image_cache(tmp_path_factory):
+    """One image cache for every state dir of the session (each test has its own state
+    dir; the images are the same): $ELASTIC_IMAGE_CACHE, unless the caller set it."""
+    if os.environ.get("ELASTIC_IMAGE_CACHE"):
+        yield os.environ["ELASTIC_IMAGE_CACHE"]
+        return
+    os.environ["ELASTIC_IMAGE_CACHE"] = str(tmp_path_factory.mktemp("images"))
+    try:
+        yield os.environ["ELASTIC_IMAGE_CACHE"]
+    finally:
+        del os.environ["ELASTIC_IMAGE_CACHE"]
+
+
 @pytest.fixture(scope="session")
 def lab(tmp_path_factory):
     """Two lab hosts for the whole session (made once: ~seconds), removed at the end."""
