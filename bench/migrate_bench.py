@@ -4,7 +4,7 @@ forwarding gap (MLN's bridges needed 19 s to forward again; the goal here is und
     .venv/bin/python bench/migrate_bench.py [--interval 0.1]
 
 Needs root and a free machine (it makes and removes its own lab). One run; prints figures.
-A chunk of two tiny guests (a pings b every INTERVAL) and a single guest are moved h1 -> h2
+A chunk of three tiny guests (a pings b every INTERVAL; c is the third) and a single guest are moved h1 -> h2
 with `elastic upgrade`; the gap is the longest run of lost pings (+1) times the interval.
 """
 
@@ -41,6 +41,7 @@ nodes:
   b:
     class: n
     interfaces: {{eth0: {{address: 10.36.0.3}}}}
+  c: {{class: n}}
   solo: {{image: tiny, memory: 128M, host: {host}, interfaces: {{eth0: {{network: alone}}}}}}
 """
 
@@ -97,7 +98,7 @@ def main() -> None:
             gap, lost = forwarding_gap(_seqs(seen["log"]) | _seqs(after), args.interval)
             mig = result["migrations"]
             print("live migration h1 -> h2 in the lab (TCG guests, 128 MiB, qcow2 overlay copied)")
-            print(f"  chunk of 2 guests + 1 private switch: {mig['net']:.2f} s "
+            print(f"  chunk of 3 guests + 1 private switch: {mig['net']:.2f} s "
                   f"(nodes moved at once)")
             print(f"  single guest:                         {mig['alone']:.2f} s")
             print(f"  whole `elastic upgrade`:              {total:.2f} s")

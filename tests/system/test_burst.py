@@ -65,8 +65,9 @@ def burst_spec(tmp: Path, info, *, extra_cloud: str = "", name: str = PROJECT,
              f"endpoint: 172.31.255.254, netns: {FRONT}}}\n"
              f"    endpoint_url: {info.cloud_endpoint}" + extra_cloud),
             # quicker than the example's timers: every test waits for the scale-down
-            ("idle_timeout: 20s", "idle_timeout: 6s"), ("min_lifetime: 20s", "min_lifetime: 6s"),
-            ("cooldown: 5s", "cooldown: 2s"), ("tick: 2s", "tick: 1s"), *replace):
+            ("idle_timeout: 20s", "idle_timeout: 3s"), ("min_lifetime: 20s", "min_lifetime: 3s"),
+            ("cooldown: 5s", "cooldown: 2s"), ("tick: 2s", "tick: 1s\n  backoff: 3s"),
+            *replace):
         assert old in text, old
         text = text.replace(old, new)
     path = tmp / f"{name}.yaml"
