@@ -12,10 +12,10 @@ if [ $# -gt 0 ]; then
     echo "[test] pytest $*"
     exec .venv/bin/python -m pytest "$@"
 fi
-# Everything, in two pytest processes side by side: the system tests that use the machine-wide
-# lab (marker `serial`, set by tests/conftest.py) one after another in the first; unit,
-# contract and simulation tests and the image tests in the second, at nice 10 so that they
-# take only the CPU the lab's guests leave. The second's output follows the first's.
+# Everything, in two pytest processes side by side: the system tests (marker `serial`, set by
+# tests/conftest.py: they boot guests, or use the machine-wide lab) one after another in the
+# first; unit, contract and simulation tests in the second, at nice 10 so that they take only
+# the CPU the guests leave. The second's output follows the first's.
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
 echo "[test] pytest -m 'not serial' (niced, in the background; its output comes after) and pytest -m serial"
@@ -26,7 +26,7 @@ rc_serial=0
 rc_beside=0
 wait "$beside" || rc_beside=$?
 echo
-echo "[test] the unit, contract, simulation and image tests (pytest -m 'not serial'), run beside:"
+echo "[test] the unit, contract and simulation tests (pytest -m 'not serial'), run beside:"
 cat "$logs/beside.log"
 # 5: no test selected (a checkout without one of the two kinds) is not a failure
 ok() { [ "$1" -eq 0 ] || [ "$1" -eq 5 ]; }

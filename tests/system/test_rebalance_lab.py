@@ -130,7 +130,7 @@ def test_the_thesis_scenario_splits_two_chunks_over_two_hosts(three_hosts, tmp_p
         small = spec_with_hosts(tmp_path, info.hosts_file,
                                 {"h1": "1536M", "h2": "600M", "h3": "512M"}, "small.yaml")
         dry = json.loads(elastic(state, "rebalance", "--dry-run", str(small), "-o", "json",
-                                 "--interval", "3", "--window", "3").stdout)
+                                 "--interval", "2", "--window", "2").stdout)
         assert "h1" in dry["overloaded"], dry
         assert [(m["unit"], m["dst"]) for m in dry["migrations"]] == [("a", "h3")], dry
         assert set(dry["unplaced"]) == {"b+c"}, dry
