@@ -4,8 +4,9 @@ forwarding gap (MLN's bridges needed 19 s to forward again; the goal here is und
     .venv/bin/python bench/migrate_bench.py [--interval 0.1]
 
 Needs root and a free machine (it makes and removes its own lab). One run; prints figures.
-A chunk of three tiny guests (a pings b every INTERVAL; c is the third) and a single guest are moved h1 -> h2
-with `elastic upgrade`; the gap is the longest run of lost pings (+1) times the interval.
+A chunk of three tiny guests (a pings b every INTERVAL; c is the third) and a single guest
+are moved h1 -> h2 with `elastic upgrade`; the gap is the longest run of lost pings (+1)
+times the interval.
 """
 
 from __future__ import annotations

@@ -134,7 +134,8 @@ class Cluster:
             by_host: dict[str, list[NodeSpec]] = {}
             for node in project.nodes:
                 by_host.setdefault(placement.host_of(node.chunk), []).append(node)
-            built = {name: images.build(name, images.cache_dir(self.state_dir), self.report.step)
+            cache = images.cache_dir(self.state_dir)
+            built = {name: images.build(name, cache, self.report.step)
                      for name in sorted({n.image for n in project.nodes})}
             self._parallel(
                 {h: (lambda h=h, nodes=nodes: self._up_host(hosts[h], project, spec, nodes,
@@ -472,7 +473,8 @@ class Cluster:
                 return changes, Outcome(changes=[str(c) for c in changes])
             migrations: dict[str, float] = {}
             with store.lock(project.name):
-                built = {name: images.build(name, images.cache_dir(self.state_dir), self.report.step)
+                cache = images.cache_dir(self.state_dir)
+                built = {name: images.build(name, cache, self.report.step)
                          for name in sorted({n.image for n in project.nodes})}
                 known = {h.name: HostSpec(h.name, h.uri, h.domain_type) for h in store.hosts()}
                 for change in changes:
@@ -510,8 +512,8 @@ class Cluster:
         with self.store() as store, store.lock(project.name):
             moves = list(moves)
             images_needed = sorted({project.node(n).image for m in moves for n in m.nodes})
-            built = {name: images.build(name, images.cache_dir(self.state_dir), self.report.step)
-                     for name in images_needed}
+            cache = images.cache_dir(self.state_dir)
+            built = {name: images.build(name, cache, self.report.step) for name in images_needed}
             for change in moves:
                 self.report.step(str(change))
                 try:

@@ -14,7 +14,8 @@ fits, each host and the filter that rejected it.
 3. Weighers: the hosts that pass are ordered by ``placement.rank`` (an expression, highest
    first) if given, then by the policy: ``packing`` (the least free memory that fits: fill
    hosts up), ``striping`` (the fewest VMs, then the most free memory: spread, OpenNebula's
-   striping), ``load-aware`` (the lowest measured CPU load, then the most free memory). Ties go by host name, so a placement is repeatable.
+   striping), ``load-aware`` (the lowest measured CPU load, then the most free memory).
+   Ties go by host name, so a placement is repeatable.
 
 Hosts are kept in a sorted list by the policy's key and only the chosen host's key changes
 after each choice, so placing 10,000 VMs on 1,000 hosts takes well under a second
@@ -164,8 +165,9 @@ def units_of(project: Project, extra_attributes: Iterable[str] = ()
                 others = [o for o in by_label.get(ref, ()) if o != n.name
                           and find(chunk_of[o]) == find(members[0].name)]
                 if others and clash is None:
+                    by = "affinity" if len(members) > 1 else "a private network"
                     clash = (f"{n.name} has anti_affinity: {ref}, but {others[0]} is on the "
-                             f"same host by {'affinity' if len(members) > 1 else 'a private network'}")
+                             f"same host by {by}")
         if clash is not None:
             rejected.append(Rejection(name, memory, {"(all hosts)": clash}))
             continue
