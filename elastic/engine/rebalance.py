@@ -10,7 +10,7 @@ where it runs, so a later `elastic upgrade` does not move them back.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from elastic.clock import Clock, SystemClock
@@ -55,13 +55,6 @@ def snapshot(cluster: Cluster, store: Store, project: Project,
     unit of the project on the one host all its nodes run on."""
     caps = cluster.capacities(project)
     notes: list[str] = []
-    hosts: dict[str, HostState] = {}
-    for name, cap in caps.items():
-        got = loads.get(name)
-        if got is None:
-            hosts[name] = HostState(cap, max(1, cap.vcpus), None)
-        else:
-            hosts[name] = HostState(cap, got.ncpus, got.cpu, got.cpu_own, got.memory_free_mib)
     cores: dict[str, float] = {}
     for name, got in loads.items():
         if got is not None:
@@ -73,6 +66,7 @@ def snapshot(cluster: Cluster, store: Store, project: Project,
     nodes = {n.name: n for n in project.nodes}
     units, _rejected = units_of(project, {k for c in caps.values() for k in c.attributes})
     placed: list[Placed] = []
+    stays: dict[str, list[str]] = {}       # host -> nodes that stay there (counted as used)
     for unit in units:
         names = [n for c in unit.chunks for n in c.nodes]
         on = {records[n].host for n in names if n in records}
@@ -84,11 +78,25 @@ def snapshot(cluster: Cluster, store: Store, project: Project,
             notes.append(f"{unit.name} is left alone: its nodes are "
                          + ", ".join(sorted(f"{n} {records[n].state.value} on {records[n].host}"
                                             for n in names if n in records)))
+            for n in names:
+                if n in records and records[n].host:
+                    stays.setdefault(str(records[n].host), []).append(n)
             continue
         (host,) = on
         placed.append(Placed(unit, str(host), cores=sum(cores.get(n, 0.0) for n in names),
                              priority=max(nodes[n].priority for n in names),
                              fixed=unit.host is not None))
+    hosts: dict[str, HostState] = {}
+    for name, cap in caps.items():
+        left = stays.get(name, [])
+        cap = replace(cap, used_memory=cap.used_memory + sum(nodes[n].memory for n in left),
+                      used_vcpus=cap.used_vcpus + sum(nodes[n].vcpus for n in left),
+                      vms=cap.vms + len(left))
+        got = loads.get(name)
+        if got is None:
+            hosts[name] = HostState(cap, max(1, cap.vcpus), None)
+        else:
+            hosts[name] = HostState(cap, got.ncpus, got.cpu, got.cpu_own, got.memory_free_mib)
     return Snapshot(hosts, placed, notes)
 
 

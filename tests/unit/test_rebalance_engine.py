@@ -108,6 +108,17 @@ def test_a_unit_whose_nodes_are_not_all_running_is_left_alone(world):
                for n in outcome.notes), outcome.notes
 
 
+def test_what_is_left_alone_still_takes_room_on_its_host(world, monkeypatch):
+    spec, project, state, clock = world
+    with Store.open(state) as store:
+        store.transition("p", "x2", State.DRAINING, "test", clock.now())
+    cluster = FakeCluster()
+    with Store.open(state) as store:
+        snap = rb.snapshot(cluster, store, project, {"h1": None, "h2": None})
+    assert snap.hosts["h1"].capacity.used_memory == 512       # x1 and x2 stay on h1
+    assert [p.unit.name for p in snap.placed] == ["b"]
+
+
 def test_the_daemon_rebalances_once_a_window():
     due = rb.Due(60, start=1000.0)
     assert [due(t) for t in (1000, 1059, 1060, 1061, 1119, 1121)] == \
