@@ -213,29 +213,24 @@ class _Compile(Transformer[Token, tuple[Fn, frozenset[str]]]):
         order = _order(o)
         return (lambda a: order(f(a), g(a))), n1 | n2
 
-    def all_(self, children):
+    def _logic(self, children, want: bool):
+        """``&`` (want False: the first false operand decides) or ``|`` (want True)."""
         fns = [c[0] for c in children]
         names = frozenset().union(*(c[1] for c in children))
 
         def fn(a: Attrs) -> bool:
             for f in fns:
                 v = f(a)
-                if v is MISSING or not v:
-                    return False
-            return True
+                if (v is not MISSING and bool(v)) is want:
+                    return want
+            return not want
         return fn, names
+
+    def all_(self, children):
+        return self._logic(children, False)
 
     def any_(self, children):
-        fns = [c[0] for c in children]
-        names = frozenset().union(*(c[1] for c in children))
-
-        def fn(a: Attrs) -> bool:
-            for f in fns:
-                v = f(a)
-                if v is not MISSING and v:
-                    return True
-            return False
-        return fn, names
+        return self._logic(children, True)
 
 
 @lru_cache(maxsize=1)
