@@ -451,8 +451,17 @@ def autoscale(obj: Ctx, spec: Path, lab: bool, batch_netns: str | None, once: bo
             rebalancer = Rebalancer(scaler.fleet.cluster, obj.state_dir)
         with Store.open(obj.state_dir) as store, store.lock(f"{project.name}.autoscale"):
             while True:
-                result = scaler.tick(dry_run=dry_run)
-                _print_tick(obj, result, output)
+                # in text, the decision is printed before it is carried out (making VMs
+                # takes a while), then what failed
+                text = output != "json"
+                result = scaler.tick(dry_run=dry_run, on_plan=(
+                    (lambda r: _print_plan(obj, r)) if text and not dry_run else None))
+                if not text:
+                    _print_tick(obj, result, output)
+                else:
+                    if dry_run:
+                        _print_plan(obj, result)
+                    _print_errors(obj, result)
                 if due is not None and due(_time.monotonic()):
                     _rebalance_round(obj, rebalancer, spec, scaler.fleet.project(None))
                 if once or dry_run or stopper.event.wait(project.scaling.tick):
@@ -492,6 +501,13 @@ def _print_tick(obj: Ctx, result, output: str) -> None:
             "notes": list(result.plan.notes), "applied": result.applied,
             "errors": result.errors})
         return
+    _print_plan(obj, result)
+    _print_errors(obj, result)
+
+
+def _print_plan(obj: Ctx, result) -> None:
+    """The queue, the workers and the tick's decision with its reasons."""
+    snap = result.snapshot
     queue = (f"{len(snap.pending)} jobs ({snap.pending_slots} slots) waiting"
              if snap.known else f"queue unknown: {snap.error}")
     obj.out.print(f"{queue}; {len(result.workers)} workers", markup=False)
@@ -499,6 +515,9 @@ def _print_tick(obj: Ctx, result, output: str) -> None:
         obj.out.print(f"  {a.kind} {a.node or a.count}: {a.reason}", markup=False)
     for n in result.plan.notes:
         obj.out.print(f"  note: {n}", markup=False)
+
+
+def _print_errors(obj: Ctx, result) -> None:
     for e in result.errors:
         obj.out.print(f"  error: {e}", markup=False)
 

@@ -170,7 +170,10 @@ class Autoscaler:
         return out
 
     # --------------------------------------------------------------------- one tick
-    def tick(self, *, dry_run: bool = False) -> TickResult:
+    def tick(self, *, dry_run: bool = False,
+             on_plan: Callable[[TickResult], None] | None = None) -> TickResult:
+        """Look at the queue and the workers, decide, record the decision, then act on it.
+        ``on_plan`` sees the decision before it is carried out (making VMs takes a while)."""
         now = self.clock.now()
         project = self.fleet.project(None)
         if project.scaling is None:
@@ -216,6 +219,8 @@ class Autoscaler:
             for note in plan.notes:
                 store.record_event(self.name, "note", now, reason=note)
             self._admit(store, project, workers, result)
+        if on_plan is not None:
+            on_plan(result)
         if not self.apply(plan, project, result):
             self._resume(project, members, workers, result)
         return result

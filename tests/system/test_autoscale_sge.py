@@ -234,6 +234,7 @@ def test_twelve_short_jobs_grow_the_cluster_which_then_shrinks_back(sge_cluster,
 def test_a_drained_worker_is_kept_until_its_long_job_ends(sge_cluster):
     state, spec, head, tmp = sge_cluster
     log = tmp / "autoscale-long.log"
+    assert workers(state, "sgeauto") == {}, "workers left by the test before"
     (job,) = head.qsub(45)
     with autoscaler(state, spec, log):
         where = wait_for("the long job to start", lambda: head.running().get(job), 180, log)

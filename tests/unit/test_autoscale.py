@@ -168,6 +168,26 @@ def test_waiting_jobs_launch_workers_that_are_then_admitted(world):
     assert "decision:launch" in kinds
 
 
+def test_the_decision_is_shown_before_it_is_carried_out(world):
+    """The daemon prints each tick's decision before making VMs (which takes a minute on a
+    real host): ``on_plan`` sees the plan while nothing is made yet, and its record."""
+    scaler, batch, fleet, clock, state = world
+    batch.pending = [job(i, clock.now()) for i in range(2)]
+    clock.advance(10)
+    seen = []
+
+    def on_plan(result):
+        with Store.open(state) as store:
+            kinds = [e.kind for e in store.events("auto")]
+        seen.append(([a.kind for a in result.plan.actions], len(fleet.converged), states(state),
+                     "decision:launch" in kinds))
+
+    result = scaler.tick(on_plan=on_plan)
+    assert seen == [(["launch"], 1, {}, True)]
+    assert states(state) == {"worker1": "RUNNING"} and len(fleet.converged) == 2
+    assert "launch 1" in result.applied
+
+
 def test_a_worker_the_master_could_not_admit_is_admitted_by_a_later_tick(world):
     scaler, batch, fleet, clock, state = world
     batch.down = True                       # the master does not answer while we launch
