@@ -27,8 +27,19 @@ if [ "${ELASTIC_SKIP_APT:-0}" != 1 ] && command -v apt-get >/dev/null 2>&1; then
         echo "gridengine-common shared/gridenginemaster string localhost" | debconf-set-selections
         echo "gridengine-common shared/gridenginecell string default" | debconf-set-selections
         echo "gridengine-common shared/gridengineconfig boolean false" | debconf-set-selections
+        # no package starts its service (nginx's would listen on :80 for nothing): elastic
+        # runs its own nginx per web tier
+        guard=""
+        if [ ! -e /usr/sbin/policy-rc.d ]; then
+            printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+            chmod 755 /usr/sbin/policy-rc.d
+            guard=/usr/sbin/policy-rc.d
+        fi
+        trap '[ -z "$guard" ] || rm -f "$guard"' EXIT
         apt-get update -qq
         apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+        [ -z "$guard" ] || rm -f "$guard"
+        guard=""
         # the lab runs its own libvirtd per host namespace; the system one is not needed
         if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
             systemctl disable --now libvirtd >/dev/null 2>&1 || true

@@ -14,7 +14,7 @@ import click
 from rich.console import Console
 
 from elastic import __version__
-from elastic.errors import ConfigError, ElasticError
+from elastic.errors import ConfigError, ElasticError, PermanentError
 from elastic.cli import render
 
 EXIT_BAD_INPUT = 2
@@ -185,7 +185,14 @@ def up(obj: Ctx, spec: Path, output: str, lab: bool, boot_timeout: float | None)
     project = resolve_with_state(spec, obj.state_dir, lab=lab, make_key=True)
     with _cluster(obj, boot_timeout=boot_timeout) as cluster:
         outcome = cluster.up(spec, project, lab=lab)
+        balancers = {t.tier: t.sync(wait=True)
+                     for t in _tiers(obj, project, cluster, spec, lab)}
     _print_outcome(obj, f"up {project.name}", outcome, output)
+    if output != "json":
+        for tier, serving in balancers.items():
+            b = project.frontends[tier].balancer
+            obj.out.print(f"tier {tier}: balancer on {b.listen}:{b.port}, serving "
+                          f"{', '.join(serving) or 'nothing yet'}", markup=False)
     if outcome.failed:
         sys.exit(EXIT_FAILED)
 
@@ -431,41 +438,164 @@ def _cloud_sites(obj: Ctx, project, sge, cluster, lab: bool) -> dict:
 @handles_errors
 def autoscale(obj: Ctx, spec: Path, lab: bool, batch_netns: str | None, once: bool,
               dry_run: bool, output: str) -> None:
-    """Follow the batch queue: add workers when jobs wait, drain and remove idle ones. Every
-    decision goes to the event log with its reason. SIGTERM stops it between ticks."""
+    """Follow the batch queue (scaling:) and the web tiers' traffic (frontends:): add workers
+    when jobs wait, drain and remove idle ones; grow and shrink each tier by its rules.
+    Every decision goes to the event log with its reason. SIGTERM stops it between ticks."""
     import signal
     import time as _time
 
     from elastic.engine.autoscale import Stopper
+    from elastic.engine.projects import resolve_with_state
     from elastic.state import Store
+    first = resolve_with_state(spec, obj.state_dir, lab=lab)
+    if first.scaling is None and not first.frontends:
+        raise ConfigError("no scaling: or frontends: section, nothing to autoscale",
+                          first.source, None, "scaling")
     stopper = Stopper()
     signal.signal(signal.SIGTERM, stopper)
     signal.signal(signal.SIGINT, stopper)
-    with _autoscaler(obj, spec, lab, batch_netns, progress=False) as scaler:
-        project = scaler.fleet.project(None)
-        rebalance = project.rebalance
+    with contextlib.ExitStack() as stack:
+        scaler = None
+        if first.scaling is not None:
+            scaler = stack.enter_context(_autoscaler(obj, spec, lab, batch_netns, progress=False))
+            cluster = scaler.fleet.cluster
+        else:
+            cluster = stack.enter_context(_cluster(obj, progress=False))
+            cluster.lock_wait = LOCK_WAIT
+        tiers = _tiers(obj, first, cluster, spec, lab)
+        rebalance = first.rebalance
         due = None
         if rebalance is not None and rebalance.enabled and not (once or dry_run):
             from elastic.engine.rebalance import Due, Rebalancer
             due = Due(rebalance.window, _time.monotonic())
-            rebalancer = Rebalancer(scaler.fleet.cluster, obj.state_dir)
-        with Store.open(obj.state_dir) as store, store.lock(f"{project.name}.autoscale"):
+            rebalancer = Rebalancer(cluster, obj.state_dir)
+        text = output != "json"
+        next_at = {name: 0.0 for name in ["", *(t.tier for t in tiers)]}   # "": the queue
+        with Store.open(obj.state_dir) as store, store.lock(f"{first.name}.autoscale"):
             while True:
-                # in text, the decision is printed before it is carried out (making VMs
-                # takes a while), then what failed
-                text = output != "json"
-                result = scaler.tick(dry_run=dry_run, on_plan=(
-                    (lambda r: _print_plan(obj, r)) if text and not dry_run else None))
-                if not text:
-                    _print_tick(obj, result, output)
-                else:
-                    if dry_run:
-                        _print_plan(obj, result)
-                    _print_errors(obj, result)
+                if scaler is not None and _time.monotonic() >= next_at[""]:
+                    # in text, the decision is printed before it is carried out (making VMs
+                    # takes a while), then what failed
+                    result = scaler.tick(dry_run=dry_run, on_plan=(
+                        (lambda r: _print_plan(obj, r)) if text and not dry_run else None))
+                    if not text:
+                        _print_tick(obj, result, output)
+                    else:
+                        if dry_run:
+                            _print_plan(obj, result)
+                        _print_errors(obj, result)
+                    next_at[""] = _time.monotonic() + first.scaling.tick
+                for tier in tiers:
+                    if _time.monotonic() < next_at[tier.tier]:
+                        continue
+                    try:
+                        tick = tier.tick(dry_run=dry_run, on_plan=(
+                            (lambda r: _print_tier_plan(obj, r)) if text and not dry_run
+                            else None))
+                    except ElasticError as e:
+                        obj.out.print(f"{tier.tier}: error: {e}", markup=False)
+                    else:
+                        _print_tier_tick(obj, tick, output, dry_run)
+                    next_at[tier.tier] = _time.monotonic() + first.frontends[tier.tier].tick
                 if due is not None and due(_time.monotonic()):
-                    _rebalance_round(obj, rebalancer, spec, scaler.fleet.project(None))
-                if once or dry_run or stopper.event.wait(project.scaling.tick):
+                    _rebalance_round(obj, rebalancer, spec, resolve_with_state(
+                        spec, obj.state_dir, lab=lab))
+                if once or dry_run:
                     break
+                wait = min(next_at[k] for k in next_at if k or scaler is not None)
+                if stopper.event.wait(max(0.05, wait - _time.monotonic())):
+                    break
+
+
+def _tiers(obj: Ctx, project, cluster, spec: Path, lab: bool) -> list:
+    """A controller per web tier of ``project``."""
+    from elastic.engine.web import WebTier
+    return [WebTier.build(project, name, cluster, spec, obj.state_dir, lab=lab,
+                          say=lambda msg: obj.out.print(f"  {msg}", markup=False))
+            for name in project.frontends]
+
+
+def _print_tier_plan(obj: Ctx, tick) -> None:
+    d = tick.decision
+    head = f"{tick.tier}: {tick.size} front-ends ({len(tick.serving)} serving), " \
+           f"{tick.requests} requests read"
+    if d.target == tick.size:
+        obj.out.print(f"{head}; stay: {d.reason}", markup=False)
+    else:
+        verb = "grow" if d.target > tick.size else "shrink"
+        obj.out.print(f"{head}\n  {verb} {tick.size} -> {d.target}: {d.reason}", markup=False)
+
+
+def _print_tier_tick(obj: Ctx, tick, output: str, dry_run: bool) -> None:
+    if output == "json":
+        render.print_json({"tier": tick.tier, "size": tick.size, "serving": tick.serving,
+                           "requests": tick.requests, "target": tick.decision.target,
+                           "reason": tick.decision.reason,
+                           "values": list(tick.decision.values), "applied": tick.applied,
+                           "errors": tick.errors})
+        return
+    if dry_run:
+        _print_tier_plan(obj, tick)
+    for a in tick.applied:
+        obj.out.print(f"  {tick.tier}: {a}", markup=False)
+    for e in tick.errors:
+        obj.out.print(f"  {tick.tier}: error: {e}", markup=False)
+
+
+@cli.command()
+@click.argument("tier")
+@click.argument("size", type=click.IntRange(0, 1000))
+@click.argument("target", metavar="[SPEC|PROJECT]", required=False)
+@lab_option
+@output_option
+@click.pass_obj
+@handles_errors
+def scale(obj: Ctx, tier: str, size: int, target: str | None, lab: bool, output: str) -> None:
+    """Set web tier TIER to SIZE front-ends now (within its min and max). New front-ends join
+    the balancer once they answer; leaving ones are drained first. The project may be left
+    out when only one project that is up has a tier of that name."""
+    from elastic.engine.projects import resolve_with_state
+    from elastic.engine.web import WebTier
+    if target is None:
+        target = _project_with_tier(obj, tier)
+    spec, lab = _target(obj, target, lab)
+    project = resolve_with_state(spec, obj.state_dir, lab=lab)
+    with _cluster(obj) as cluster:
+        cluster.lock_wait = LOCK_WAIT
+        web = WebTier.build(project, tier, cluster, spec, obj.state_dir, lab=lab,
+                            say=lambda msg: obj.err.print(msg, markup=False))
+        done = web.scale(size)
+        serving = web.record().get("serving", [])
+    if output == "json":
+        render.print_json({"tier": tier, "size": size, "serving": serving, "done": done})
+    else:
+        for line in done:
+            obj.out.print(f"{tier}: {line}", markup=False)
+        obj.out.print(f"{tier}: {size} front-ends, serving: {', '.join(serving) or 'none'}",
+                      markup=False)
+
+
+def _project_with_tier(obj: Ctx, tier: str) -> str:
+    from elastic.engine.projects import recorded_spec
+    from elastic.state import Store
+    if not Store.exists(obj.state_dir):
+        raise PermanentError(f"no project is up in {obj.state_dir}")
+    with Store.open(obj.state_dir, readonly=True) as store:
+        names = [p.name for p in store.list_projects()]
+    having = []
+    for name in names:
+        try:
+            spec, lab = recorded_spec(obj.state_dir, name)
+            from elastic.engine.projects import resolve_with_state
+            if tier in resolve_with_state(spec, obj.state_dir, lab=lab).frontends:
+                having.append(name)
+        except ElasticError:
+            continue
+    if len(having) != 1:
+        raise PermanentError(f"tier '{tier}' is in {len(having)} projects that are up"
+                             + (f" ({', '.join(having)})" if having else "")
+                             + ": name the project (elastic scale TIER SIZE PROJECT)")
+    return having[0]
 
 
 def _rebalance_round(obj: Ctx, rebalancer, spec: Path, project) -> None:

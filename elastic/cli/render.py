@@ -144,10 +144,17 @@ def print_status(report: dict[str, Any], console: Console) -> None:
                       markup=False)
         for site, why in sorted(sc["breakers"].items()):
             console.print(f"  BREAKER OPEN on {site} {why}: no launches there", markup=False)
+    for t in report.get("tiers", []):
+        last = t.get("last") or {}
+        values = ", ".join("-" if v is None else f"{v:.1f}" for v in last.get("values") or [])
+        console.print(f"web tier {t['tier']} of {t['project']}: {t['size']} front-ends, "
+                      f"serving {', '.join(t['serving']) or 'none'}"
+                      + (f"; last look: {last['reason']}" if last.get("reason") else "")
+                      + (f" [{values}]" if values else ""), markup=False)
     if report.get("decisions"):
         console.print("last decisions:")
         for d in report["decisions"]:
-            what = d["kind"].removeprefix("decision:")
+            what = d["kind"].removeprefix("decision:").replace("tier:decision", "tier")
             console.print(f"  {what} {d['node'] or ''}: {d['reason']}", markup=False)
 
 

@@ -614,20 +614,23 @@ class Stopper:
 class ClusterFleet:
     """The real Fleet: the project's spec file and the libvirt machinery of `elastic up`."""
 
-    def __init__(self, cluster, spec, state_dir, *, lab: bool = False) -> None:
+    def __init__(self, cluster, spec, state_dir, *, lab: bool = False,
+                 group: str | None = None) -> None:
         self.cluster = cluster
         self.spec = spec
         self.state_dir = state_dir
         self.lab = lab
+        self.group = group          # the count group it sizes (default: scaling.group)
         self._name: str | None = None
 
     def project(self, members: list[int] | None) -> Project:
         from elastic.engine.projects import resolve_with_state
         base = resolve_with_state(self.spec, self.state_dir, lab=self.lab)
-        if members is None or base.scaling is None:
+        group = self.group or (base.scaling.group if base.scaling is not None else None)
+        if members is None or group is None:
             return base
         return resolve_with_state(self.spec, self.state_dir, lab=self.lab,
-                                  members={base.scaling.group: members})
+                                  members={group: members})
 
     def room(self, members: list[int], limit: int) -> int:
         """How many more workers fit on the private hosts (placement decides), up to limit."""

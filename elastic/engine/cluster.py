@@ -611,6 +611,9 @@ class Cluster:
                 # cloud workers: their instances terminated, the VPN hub taken down
                 from elastic.engine.cloud import teardown
                 outcome.removed += teardown(store, project, self.state_dir)
+                # web tiers: their balancers stopped (gracefully)
+                from elastic.engine.web import stop_balancers
+                outcome.removed += stop_balancers(self.state_dir, project)
                 for node in store.list_nodes(project):
                     if node.state != State.DONE:
                         self.move_node(store, project, node.name, State.DONE, "elastic down")

@@ -32,7 +32,8 @@ LOAD_WINDOW = 60.0       # seconds of stored samples the load is averaged over
 def collect(state_dir: Path, project: str | None = None) -> dict[str, Any]:
     now = SystemClock().now()
     if not Store.exists(state_dir):
-        return {"hosts": [], "nodes": [], "projects": [], "scaling": [], "decisions": []}
+        return {"hosts": [], "nodes": [], "projects": [], "scaling": [], "tiers": [],
+                "decisions": []}
     with Store.open(state_dir, readonly=True) as store:
         if project is not None and store.get_project(project) is None:
             raise PermanentError(f"no project named {project} in {state_dir}")
@@ -50,20 +51,30 @@ def collect(state_dir: Path, project: str | None = None) -> dict[str, Any]:
             data = (store.get_project(p).data or {})
             if "queue" not in data and "autoscale" not in data:
                 continue
-            groups = set(data.get("members", {})) | {(data.get("queue") or {}).get("group")}
+            tier_groups = {t.get("group") for t in (data.get("tiers") or {}).values()}
+            groups = (set(data.get("members", {})) | {(data.get("queue") or {}).get("group")}) \
+                - tier_groups
             by_state: dict[str, int] = {}
             for n in records:
                 if n.project == p and (n.data or {}).get("group") in groups:
                     by_state[str(n.state)] = by_state.get(str(n.state), 0) + 1
             scaling.append({"project": p, "queue": data.get("queue"), "workers": by_state,
                             "breakers": (data.get("autoscale") or {}).get("breakers", {})})
+        tiers = []
+        for p in projects:
+            for name, t in sorted(((store.get_project(p).data or {}).get("tiers") or {}).items()):
+                members = [n.name for n in records
+                           if n.project == p and (n.data or {}).get("group") == t.get("group")]
+                tiers.append({"project": p, "tier": name, "group": t.get("group"),
+                              "size": len(members), "serving": t.get("serving", []),
+                              "last": t.get("last"), "history": t.get("history", [])})
         reasons = {}
         decisions = []
         for p in projects:
             for ev in store.events(p):
                 if ev.node:
                     reasons[(p, ev.node)] = ev.reason
-                if ev.kind.startswith("decision:") or ev.kind == "note":
+                if ev.kind.startswith("decision:") or ev.kind in ("note", "tier:decision"):
                     decisions.append({"project": p, "time": ev.time, "kind": ev.kind,
                                       "node": ev.node, "reason": ev.reason})
     live = _probe(hosts)
@@ -92,7 +103,7 @@ def collect(state_dir: Path, project: str | None = None) -> dict[str, Any]:
             "vms": info.get("vms", []),
         })
     return {"projects": projects, "hosts": host_rows, "nodes": nodes,
-            "scaling": scaling, "decisions": decisions[-10:]}
+            "scaling": scaling, "tiers": tiers, "decisions": decisions[-10:]}
 
 
 def _probe(hosts) -> dict[str, dict[str, Any]]:

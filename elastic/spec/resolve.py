@@ -104,7 +104,8 @@ class _Resolver:
                  member_classes: MemberClasses | None = None) -> None:
         self.doc = doc
         self.source = source
-        self.counts = counts
+        # a web tier's group starts at the tier's initial size (min), not its nodes: count
+        self.counts = {**_tier_sizes(doc), **counts}
         self.member_classes = member_classes or {}
         self.leases = leases
         self.problems = Problems()
@@ -736,8 +737,17 @@ class _Resolver:
             if blk is not None:
                 self._group_ref(blk.group, where_at(raw, ("group",)), f"frontends.{name}.group",
                                 need_count=True)
-                self._node_ref(blk.balancer.node, node_names, where_at(raw, ("balancer", "node")),
-                               f"frontends.{name}.balancer.node")
+                if blk.balancer.node != "controller":
+                    self.problems.add(
+                        "only 'controller' for now: nginx runs on the machine running elastic "
+                        "(in balancer.netns if given)", where_at(raw, ("balancer", "node")),
+                        f"frontends.{name}.balancer.node")
+                taken = {scaling.group: "scaling.group"} if scaling is not None else {}
+                taken.update({t.group: f"frontends.{n}.group" for n, t in frontends.items()})
+                if blk.group in taken:
+                    self.problems.add(f"nodes.{blk.group} is already sized by "
+                                      f"{taken[blk.group]}", where_at(raw, ("group",)),
+                                      f"frontends.{name}.group")
                 frontends[name] = blk
         return clouds, scaling, frontends
 
@@ -803,6 +813,22 @@ class _Resolver:
 
 
 # ----------------------------------------------------------------------------- helpers
+
+def _tier_sizes(doc: SMap) -> dict[str, int]:
+    """The initial size (initial:, else min:, else 1) of each web tier's group, from the raw
+    frontends: section (validated later; what is not a number is left to the validation)."""
+    out: dict[str, int] = {}
+    tiers = doc.get("frontends")
+    if not isinstance(tiers, dict):
+        return out
+    for raw in tiers.values():
+        if not isinstance(raw, dict) or not isinstance(raw.get("group"), str):
+            continue
+        size = raw.get("initial", raw.get("min", 1))
+        if isinstance(size, int) and not isinstance(size, bool) and size >= 0:
+            out[raw["group"]] = size
+    return out
+
 
 _REPLACE_CHILDREN = frozenset({"files"})   # a file is replaced whole, never merged
 

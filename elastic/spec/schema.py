@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator,
+)
 
 from elastic.addressing import DEFAULT_MAC_PREFIX, valid_mac, valid_mac_prefix
 from elastic.spec import units
@@ -363,30 +365,68 @@ class ScalingSpec(Block):
 # ---------------------------------------------------------------------------- frontends
 
 class BalancerBlock(Block):
+    """The tier's load balancer: nginx on the controller's machine (in namespace ``netns``
+    if given; with --lab, the lab's front end), listening on ``listen``:``port``, passing
+    requests to the front-ends' ``backend_port``. A front-end joins the upstream once it
+    answers ``health_path`` with a 2xx; one leaving is taken out of the upstream first and
+    destroyed once its connections are closed (at most ``drain_timeout``)."""
+
     kind: Literal["nginx"] = "nginx"
-    node: str = "controller"      # a node name, or 'controller'
+    node: str = "controller"      # where nginx runs: only 'controller' for now
+    netns: str | None = None
+    listen: str = "0.0.0.0"
     port: Annotated[int, Field(ge=1, le=65535)] = 80
     backend_port: Annotated[int, Field(ge=1, le=65535)] = 80
     health_path: str = "/"
+    health_timeout: Duration = 60.0
+    drain_timeout: Duration = 30.0
+    connect_timeout: Duration = 5.0   # nginx's wait for a busy front-end to accept
+
+    @field_validator("health_path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if not v.startswith("/") or any(c.isspace() for c in v):
+            raise ValueError(f"'{v}' is not a URL path (it starts with / and has no spaces)")
+        return v
 
 
 class RuleBlock(Block):
+    """An elasticity rule (OneFlow's): when ``metric op threshold`` holds in each of
+    ``period_number`` consecutive periods of ``period``, the tier is resized by the
+    ``adjustment``, then nothing changes for ``cooldown`` (default: the tier's)."""
+
     metric: Literal["rps", "p95_latency", "cpu"]
     op: Literal[">", "<", ">=", "<="] = ">"
-    threshold: float
+    threshold: Annotated[float, Field(ge=0)]
     period: Duration = 10.0
     period_number: PosInt = 3
     adjustment: Literal["change", "cardinality", "percentage"] = "change"
     value: int
-    cooldown: Duration = 60.0
+    min_step: PosInt = 1
+    cooldown: Duration | None = None
+
+    @model_validator(mode="after")
+    def _sense(self) -> RuleBlock:
+        if self.adjustment == "cardinality" and self.value < 0:
+            raise ValueError(f"cardinality {self.value}: a size is 0 or more")
+        if self.adjustment != "cardinality" and self.value == 0:
+            raise ValueError(f"{self.adjustment} 0 changes nothing")
+        if self.period <= 0:
+            raise ValueError("period must be above 0 s")
+        return self
 
 
 class FrontendSpec(Block):
+    """A web tier: the front-ends are the nodes of ``group`` (a nodes: entry with count:),
+    ``initial`` of them made by `elastic up` (default: min), then sized by the rules."""
+
     group: str                    # the nodes: entry of the web servers
     balancer: BalancerBlock = BalancerBlock()
     min: NonNegInt = 1
     max: PosInt = 4
     initial: NonNegInt | None = None
+    cooldown: Duration = 60.0     # after a change by hand, and for rules without their own
+    tick: Duration = 2.0
     rules: list[RuleBlock] = []
 
     @model_validator(mode="after")
@@ -395,6 +435,10 @@ class FrontendSpec(Block):
         if not self.min <= initial <= self.max:
             raise ValueError(f"need min <= initial <= max, got {self.min} <= {initial} <= {self.max}")
         return self
+
+    @property
+    def initial_size(self) -> int:
+        return self.min if self.initial is None else self.initial
 
 
 # ------------------------------------------------------------------------------ top level

@@ -295,6 +295,36 @@ frontends:
     min: 3
     max: 2
 """}, "need min <= initial <= max"),
+    "frontend-balancer-on-a-node": ({"c.yaml": GOOD_HEAD + """
+nodes:
+  head: {class: base}
+  web: {class: base, count: 1}
+frontends:
+  www:
+    group: web
+    balancer:
+      node: head   # <-
+"""}, "frontends.www.balancer.node: only 'controller' for now"),
+    "frontend-group-sized-twice": ({"c.yaml": GOOD_HEAD + """
+nodes:
+  head: {class: base}
+  web: {class: base, count: 1}
+scaling:
+  group: web
+  batch: {master: head}
+frontends:
+  www:
+    group: web   # <-
+"""}, "nodes.web is already sized by scaling.group"),
+    "frontend-rule-changes-nothing": ({"c.yaml": GOOD_HEAD + """
+nodes:
+  web: {class: base, count: 1}
+frontends:
+  www:
+    group: web
+    rules:
+      - {metric: rps, threshold: 10, value: 0}   # <-
+"""}, "change 0 changes nothing"),
     # --- MLN
     "requirements-syntax": ({"c.yaml": GOOD_HEAD + """
 nodes:
