@@ -124,8 +124,8 @@ def nginx_conf(*, directory: Path, listen: str, port: int, backends: Sequence[st
     duplicates do not matter: they are sorted and made unique, so the same set gives the
     same text). With no backends every request is answered 503 ``no backends`` (and logged).
     ``health_path`` is what the controller checks on each backend (``Nginx.health``; nginx
-    itself only notices failures passively: a server that fails 3 times in 5 s is skipped for 5 s);
-    the config records it in a comment. ``generation`` is answered by ``GET
+    itself only notices failures passively: a server that fails 3 times in 5 s is skipped
+    for 5 s); the config records it in a comment. ``generation`` is answered by ``GET
     /.elastic/config``. ``user``: the workers' user, or ``"user group"`` (nginx's default
     when None; the master must run as root to switch). ``drain_timeout``: how long old
     workers may take to finish their requests after a reload or a graceful stop.

@@ -40,7 +40,14 @@ from elastic.errors import ElasticError, PermanentError
 from elastic.lifecycle import State
 from elastic.model import NodeSpec, Project
 from elastic.policy.web import (
-    Request, TierDecision, TierMetrics, TierPolicy, TierRule, TierView, decide_tier, leaving,
+    Request,
+    TierDecision,
+    TierMetrics,
+    TierPolicy,
+    TierRule,
+    TierView,
+    decide_tier,
+    leaving,
 )
 from elastic.state import Store
 

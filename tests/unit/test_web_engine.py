@@ -223,7 +223,7 @@ def test_a_leaving_front_end_is_out_of_the_upstream_and_drained_before_its_vm_go
 
 def test_a_front_end_that_never_answers_stays_out_and_a_failed_one_leaves(world, monkeypatch):
     tier, nginx, fleet, clock, state, log = world
-    import elastic.engine.web as web
+    from elastic.engine import web
     monkeypatch.setattr(web, "HEALTH_EVERY", 0.0)
     nginx.healthy.add(lan(1))
     tier.sync()
