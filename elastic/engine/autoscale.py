@@ -213,6 +213,8 @@ class Autoscaler:
             self._save(store, memory=plan.memory, outcomes=[], group=spec.group,
                        queue={**queue_summary(snapshot), "group": spec.group},
                        reset_applied=reset)
+            if snapshot.known:
+                self._history(store, snapshot, workers, now)
             for action in plan.actions:
                 store.record_event(self.name, f"decision:{action.kind}", now,
                                    node=action.node, reason=action.reason)
@@ -224,6 +226,21 @@ class Autoscaler:
         if not self.apply(plan, project, result):
             self._resume(project, members, workers, result)
         return result
+
+    def _history(self, store: Store, snapshot: QueueSnapshot, workers: list[WorkerView],
+                 now: float) -> None:
+        """The timeline (`elastic report`, the status page): the queue and the workers by
+        site this tick, and what became of each job."""
+        by_site = {PRIVATE: 0, **{name: 0 for name in self.clouds}}
+        for w in workers:
+            by_site[w.site] = by_site.get(w.site, 0) + 1
+        site_of = {w.name: w.site for w in workers}
+        store.add_queue_sample(self.name, now, pending_jobs=len(snapshot.pending),
+                               pending_slots=snapshot.pending_slots,
+                               running_jobs=len(snapshot.running), workers=by_site)
+        store.observe_jobs(self.name, now, snapshot.pending, [
+            (j, site_of.get((j.host or "").split("@")[-1].split(".")[0], PRIVATE))
+            for j in snapshot.running])
 
     def _sweep(self, store: Store, now: float) -> tuple[list[str], list[str]]:
         """Each cloud's sweep (half-recorded launches adopted, orphans terminated, vanished

@@ -111,6 +111,35 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX host_samples_host_t ON host_samples(host, t);
     """,
+    # 3: what the controller saw each tick: the queue and the workers by site (the timeline
+    # of `elastic report` and the status page), and every job it saw (their waits).
+    """
+    CREATE TABLE queue_samples (
+        id            INTEGER PRIMARY KEY,
+        project       TEXT NOT NULL,
+        t             REAL NOT NULL,             -- epoch seconds
+        pending_jobs  INTEGER NOT NULL,
+        pending_slots INTEGER NOT NULL,
+        running_jobs  INTEGER NOT NULL,
+        workers       TEXT NOT NULL DEFAULT '{}' -- json: site -> workers that exist there
+    );
+    CREATE INDEX queue_samples_project_t ON queue_samples(project, t);
+
+    CREATE TABLE jobs (
+        project    TEXT NOT NULL,
+        id         TEXT NOT NULL,                -- the scheduler's job id
+        name       TEXT NOT NULL DEFAULT '',
+        owner      TEXT NOT NULL DEFAULT '',
+        slots      INTEGER NOT NULL DEFAULT 1,
+        submitted  REAL,                         -- as the scheduler says
+        started    REAL,                         -- the first tick that saw it running
+        ended      REAL,                         -- the first tick it was gone after that
+        host       TEXT,
+        site       TEXT,
+        PRIMARY KEY (project, id)
+    );
+    CREATE INDEX jobs_project_submitted ON jobs(project, submitted);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

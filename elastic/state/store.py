@@ -22,17 +22,21 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from elastic.errors import ConfigError, PermanentError, TransientError
 from elastic.lifecycle import State, check_transition
 from elastic.monitoring import DomainSample, HostSample
 from elastic.state.migrations import SCHEMA_VERSION, migrate
 
+if TYPE_CHECKING:
+    from elastic.model import Job
+
 DB_NAME = "elastic.db"
 LOCK_DIR = "locks"
 OPEN_LOCK = "elastic.db.lock"
 BUSY_TIMEOUT = 10.0  # seconds a writer waits for another one before giving up
+QUEUE_RETENTION = 7 * 86400.0  # seconds of queue samples and ended jobs kept
 SAMPLE_RETENTION = 3600.0  # seconds of host samples kept (per host, before its newest one)
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -155,6 +159,40 @@ class HostRecord:
     def from_row(cls, r: sqlite3.Row) -> HostRecord:
         return cls(r["name"], r["uri"], r["domain_type"], r["memory"], r["vcpus"],
                    tuple(_loads(r["groups"])), _loads(r["data"]), r["updated"])
+
+
+@dataclass(frozen=True)
+class QueueSampleRecord:
+    project: str
+    t: float
+    pending_jobs: int
+    pending_slots: int
+    running_jobs: int
+    workers: dict[str, int] = field(hash=False)    # site -> workers that exist there
+
+    @classmethod
+    def from_row(cls, r: sqlite3.Row) -> QueueSampleRecord:
+        return cls(r["project"], r["t"], r["pending_jobs"], r["pending_slots"],
+                   r["running_jobs"], _loads(r["workers"]))
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    project: str
+    id: str
+    name: str
+    owner: str
+    slots: int
+    submitted: float | None
+    started: float | None      # None: never seen running
+    ended: float | None        # None: still there at the last look
+    host: str | None
+    site: str | None
+
+    @classmethod
+    def from_row(cls, r: sqlite3.Row) -> JobRecord:
+        return cls(r["project"], r["id"], r["name"], r["owner"], r["slots"], r["submitted"],
+                   r["started"], r["ended"], r["host"], r["site"])
 
 
 @dataclass(frozen=True)
@@ -536,6 +574,75 @@ class Store:
         with self.transaction():
             cur = self._conn.execute(f"DELETE FROM host_samples{where}", [*args, before])
         return cur.rowcount
+
+    # --- what the controller saw: the queue and its jobs -----------------------------------
+
+    def add_queue_sample(self, project: str, t: float, *, pending_jobs: int, pending_slots: int,
+                         running_jobs: int, workers: Mapping[str, int],
+                         keep: float = QUEUE_RETENTION) -> None:
+        """One tick's view of the queue and of the workers by site; that project's samples
+        more than ``keep`` seconds older are removed in the same transaction."""
+        with self.transaction():
+            self._conn.execute(
+                "INSERT INTO queue_samples (project, t, pending_jobs, pending_slots, "
+                "running_jobs, workers) VALUES (?, ?, ?, ?, ?, ?)",
+                (project, t, pending_jobs, pending_slots, running_jobs,
+                 _dumps(dict(workers))))
+            self._conn.execute("DELETE FROM queue_samples WHERE project = ? AND t < ?",
+                               (project, t - keep))
+
+    def queue_samples(self, project: str | None, since: float) -> list[QueueSampleRecord]:
+        """The queue samples (of ``project``, or of all) at or after ``since``, oldest first."""
+        where, args = _where(project=project)
+        where += (" AND " if where else " WHERE ") + "t >= ?"
+        rows = self._conn.execute(f"SELECT * FROM queue_samples{where} ORDER BY t, id",
+                                  [*args, since])
+        return [QueueSampleRecord.from_row(r) for r in rows]
+
+    def observe_jobs(self, project: str, now: float, pending: Iterable[Job],
+                     running: Iterable[tuple[Job, str | None]],
+                     keep: float = QUEUE_RETENTION) -> None:
+        """What one look at the queue says of its jobs: new ones are added, a job seen
+        running gets its start (the first look that saw it so) and host and site, and a
+        job that was there and is gone now has ended. ``running``: (job, site of its host).
+        Jobs that ended more than ``keep`` seconds ago are removed."""
+        seen: set[str] = set()
+        with self.transaction():
+            for job in pending:
+                seen.add(job.id)
+                self._conn.execute(
+                    "INSERT INTO jobs (project, id, name, owner, slots, submitted) "
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (project, id) DO UPDATE SET "
+                    "ended = NULL WHERE ended IS NOT NULL AND started IS NULL",
+                    (project, job.id, job.name, job.owner, job.slots, job.submitted))
+            for job, site in running:
+                seen.add(job.id)
+                host = job.host.split("@")[-1].split(".")[0] if job.host else None
+                self._conn.execute(
+                    "INSERT INTO jobs (project, id, name, owner, slots, submitted, started, "
+                    "host, site) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (project, id) "
+                    "DO UPDATE SET started = COALESCE(started, excluded.started), "
+                    "host = excluded.host, site = excluded.site, ended = NULL",
+                    (project, job.id, job.name, job.owner, job.slots, job.submitted, now,
+                     host, site))
+            open_jobs = [r["id"] for r in self._conn.execute(
+                "SELECT id FROM jobs WHERE project = ? AND ended IS NULL", (project,))]
+            for job_id in open_jobs:
+                if job_id not in seen:
+                    self._conn.execute("UPDATE jobs SET ended = ? WHERE project = ? AND id = ?",
+                                       (now, project, job_id))
+            self._conn.execute("DELETE FROM jobs WHERE project = ? AND ended < ?",
+                               (project, now - keep))
+
+    def jobs(self, project: str | None, since: float | None = None) -> list[JobRecord]:
+        """Jobs (of ``project``, or of all) still there or ended at or after ``since``,
+        by submission time."""
+        where, args = _where(project=project)
+        if since is not None:
+            where += (" AND " if where else " WHERE ") + "(ended IS NULL OR ended >= ?)"
+            args = [*args, since]
+        rows = self._conn.execute(f"SELECT * FROM jobs{where} ORDER BY submitted, id", args)
+        return [JobRecord.from_row(r) for r in rows]
 
     # --- events and plans -------------------------------------------------------------------
 

@@ -165,7 +165,13 @@ def test_waiting_jobs_launch_workers_that_are_then_admitted(world):
     assert len([c for c in batch.calls if c[0] == "admit"]) == 3     # not again
     with Store.open(state) as store:
         kinds = [e.kind for e in store.events("auto")]
+        timeline = [(q.pending_jobs, q.workers) for q in store.queue_samples("auto", 0)]
+        jobs = store.jobs("auto")
     assert "decision:launch" in kinds
+    # the timeline of `elastic report`: each tick's queue and workers by site, and the jobs
+    assert timeline == [(6, {"private": 0}), (6, {"private": 3})]
+    assert sorted(j.id for j in jobs) == [str(i) for i in range(6)]
+    assert all(j.started is None and j.ended is None for j in jobs)
 
 
 def test_the_decision_is_shown_before_it_is_carried_out(world):

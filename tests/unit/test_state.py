@@ -507,3 +507,41 @@ def test_readonly_open_reads_and_cannot_write(tmp_path):
             ro.put_project("q", "q.yaml", "0" * 64, 2.0)
     with Store.open(tmp_path / "s", readonly=True) as ro:
         assert [p.name for p in ro.list_projects()] == ["p"]
+
+
+def test_queue_samples_and_jobs_make_a_history(tmp_path):
+    """What the controller saw each tick: the queue and the workers by site (pruned after
+    a while), and each job's submission, start (first look that saw it running), host and
+    end (first look it was gone)."""
+    from elastic.model import Job
+    with Store.open(tmp_path) as store:
+        for i, t in enumerate((100.0, 105.0, 110.0)):
+            store.add_queue_sample("p", t, pending_jobs=3 - i, pending_slots=6 - 2 * i,
+                                   running_jobs=i, workers={"private": i, "ec2": 0},
+                                   keep=7.0)
+        kept = store.queue_samples("p", 0)
+        assert [(s.t, s.pending_jobs, s.workers["private"]) for s in kept] == \
+            [(105.0, 2, 1), (110.0, 1, 2)]                        # 100 is > 7 s older
+        assert store.queue_samples("other", 0) == []
+        a = Job("1", "sleep", "alice", "qw", submitted=90.0)
+        b = Job("2", "sleep", "bob", "qw", slots=2, submitted=95.0)
+        store.observe_jobs("p", 100.0, [a, b], [])
+        store.observe_jobs("p", 105.0, [b], [(Job("1", "sleep", "alice", "r", submitted=90.0,
+                                                  host="all.q@worker1.p"), "private")])
+        store.observe_jobs("p", 110.0, [], [(Job("1", "sleep", "alice", "r", submitted=90.0,
+                                                 host="all.q@worker1.p"), "private"),
+                                            (Job("2", "sleep", "bob", "r", slots=2,
+                                                 submitted=95.0, host="all.q@i-1"), "ec2")])
+        store.observe_jobs("p", 120.0, [], [])
+        jobs = {j.id: j for j in store.jobs("p")}
+        assert (jobs["1"].started, jobs["1"].ended, jobs["1"].host, jobs["1"].site) == \
+            (105.0, 120.0, "worker1", "private")
+        assert (jobs["2"].started, jobs["2"].ended, jobs["2"].site, jobs["2"].slots) == \
+            (110.0, 120.0, "ec2", 2)
+        assert store.jobs("p", since=121.0) == []
+        # a job rescheduled while it ran (pending again) keeps its first start, and is open
+        c = Job("3", "sleep", "carol", "r", submitted=125.0, host="all.q@i-2")
+        store.observe_jobs("p", 126.0, [], [(c, "ec2")])
+        store.observe_jobs("p", 130.0, [Job("3", "sleep", "carol", "Rq", submitted=125.0)], [])
+        (back,) = store.jobs("p", since=121.0)
+        assert (back.id, back.started, back.ended) == ("3", 126.0, None)
