@@ -57,7 +57,7 @@ if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-extras="libvirt,lab,cloud,test"
+extras="libvirt,lab,cloud,serve,test"
 log "installing elastic[$extras] into .venv"
 .venv/bin/python -m pip install -q -e ".[$extras]"
 log "done in $(( $(date +%s) - t0 )) s; run: .venv/bin/elastic --help"

@@ -79,11 +79,28 @@ def handles_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
               envvar="ELASTIC_STATE_DIR", show_envvar=True,
               help="Where the state database lives (default: the user's data dir).")
+@click.option("-v", "--verbose", count=True,
+              help="Log more on stderr: -v what is done (INFO), -vv how (DEBUG).")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
+              envvar="ELASTIC_LOG_FORMAT", show_envvar=True,
+              help="json: one JSON object per log line (for a supervisor's journal).")
 @click.pass_context
-def cli(ctx: click.Context, state_dir: Path | None) -> None:
+def cli(ctx: click.Context, state_dir: Path | None, verbose: int, log_format: str) -> None:
     """elastic: declarative virtual clusters on libvirt hosts, grown and shrunk with the
     batch queue, bursting to EC2 when the private hosts are full."""
+    from elastic.cli import logs
+    logs.setup(verbose, log_format)
     ctx.obj = Ctx(state_dir)
+
+
+@cli.command()
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the shell completion script for SHELL; e.g. in ~/.bashrc:
+    eval "$(elastic completion bash)"."""
+    from click.shell_completion import get_completion_class
+    cls = get_completion_class(shell)
+    click.echo(cls(cli, {}, "elastic", "_ELASTIC_COMPLETE").source())
 
 
 @cli.command()
@@ -450,7 +467,7 @@ def autoscale(obj: Ctx, spec: Path, lab: bool, batch_netns: str | None, once: bo
     first = resolve_with_state(spec, obj.state_dir, lab=lab)
     if first.scaling is None and not first.frontends:
         raise ConfigError("no scaling: or frontends: section, nothing to autoscale",
-                          first.source, None, "scaling")
+                          first.source)
     stopper = Stopper()
     signal.signal(signal.SIGTERM, stopper)
     signal.signal(signal.SIGINT, stopper)

@@ -137,7 +137,7 @@ def test_console_finds_the_node_and_its_host(tmp_path: Path) -> None:
 def test_autoscale_needs_a_scaling_section_and_a_known_batch_system(tmp_path: Path, write) -> None:
     spec = write("c.yaml", "project: p\nnodes:\n  a: {image: tiny}\n")
     r = run("autoscale", "--once", str(spec), state=tmp_path / "s")
-    assert r.exit_code == 2 and "no scaling: section" in r.stderr
+    assert r.exit_code == 2 and "no scaling: or frontends: section, nothing to autoscale" in r.stderr
     spec = write("d.yaml", """
 project: q
 nodes:
@@ -177,3 +177,39 @@ def test_status_shows_a_host_that_does_not_answer_and_the_nodes(tmp_path: Path) 
     assert data["decisions"][-1]["reason"] == "2 slots wait: launching 1"
     text = run("status", state=state).output
     assert "a.p" in text and "RUNNING" in text and "launching 1" in text
+
+
+def test_shell_completion_scripts_complete_commands() -> None:
+    r = run("completion", "bash")
+    assert r.exit_code == 0 and "_ELASTIC_COMPLETE=bash_complete" in r.output
+    # what the script asks for: the commands that start with "sc"
+    p = subprocess.run([sys.executable, "-m", "elastic.cli.main"], capture_output=True,
+                       text=True, timeout=60, cwd=ROOT,
+                       env={"PATH": "/usr/bin:/bin", "COMP_WORDS": "elastic sc",
+                            "COMP_CWORD": "1", "_ELASTIC_COMPLETE": "bash_complete"})
+    assert "plain,scale" in p.stdout.split(), p.stdout + p.stderr
+    assert run("completion", "tcsh").exit_code == 2
+
+
+def test_json_logs_are_one_object_per_line_with_the_callers_fields() -> None:
+    import io
+    import logging
+
+    from elastic.cli import logs
+    buf = io.StringIO()
+    root = logging.getLogger()
+    before = (list(root.handlers), root.level)
+    try:
+        logs.setup(1, "json", buf)
+        logging.getLogger("elastic.engine.web").info("web2 joined", extra={"node": "web2"})
+        logging.getLogger("elastic.engine.web").debug("not at -v")
+        logging.getLogger("botocore").info("chatty library")
+    finally:
+        root.handlers[:] = before[0]
+        root.setLevel(before[1])
+    (line,) = buf.getvalue().splitlines()
+    record = json.loads(line)
+    assert (record["level"], record["logger"], record["message"], record["node"]) == \
+        ("INFO", "elastic.engine.web", "web2 joined", "web2")
+    assert record["time"].endswith("+0000")
+    assert logs.level_for(0) == logging.WARNING and logs.level_for(5) == logging.DEBUG
