@@ -21,9 +21,9 @@ import matplotlib
 
 matplotlib.use("Agg")   # if anything here ever reaches pyplot: no display (set before it)
 
-from matplotlib import dates as mdates  # noqa: E402
-from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+from matplotlib import dates as mdates
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 WIDTH, HEIGHT, DPI = 1200, 600, 100
 COLOURS = {"queue": "#d62728", "private": "#1f77b4", "cloud": "#ff7f0e"}
@@ -112,7 +112,8 @@ def timeline_png(points: Iterable[Any], path: Path, *, title: str, now: float) -
     ax.set_xlabel("local time")
     ax.grid(True, color="#e5e5e5")
     lines = q + s + w1 + w2
-    ax.legend(lines, [ln.get_label() for ln in lines], loc="upper left")
+    ax.legend(lines, [ln.get_label() for ln in lines], loc="upper center",
+              bbox_to_anchor=(0.5, -0.1), ncol=len(lines), frameon=False)
     fig.tight_layout()
     fig.savefig(Path(path), format="png", dpi=DPI)
 

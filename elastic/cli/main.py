@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import sys
 from collections.abc import Callable
@@ -31,12 +32,31 @@ spec_argument = click.argument("spec", type=click.Path(dir_okay=False, path_type
 
 
 class Ctx:
-    def __init__(self, state_dir: Path | None) -> None:
+    def __init__(self, state_dir: Path | None, api: str | None = None,
+                 api_token_file: Path | None = None) -> None:
         self._state_dir = state_dir
+        self.api = api
+        self.api_token_file = api_token_file
         # piped output keeps whole lines (a program or a file is reading it)
         width = None if sys.stdout.isatty() else 200
         self.out = Console(highlight=False, width=width, soft_wrap=width is not None)
         self.err = Console(stderr=True, highlight=False)
+
+    def remote(self):
+        """The running `elastic serve` to send changes to (--api), or None: act here."""
+        if not self.api:
+            return None
+        from elastic.cli.remote import Remote
+        path = self.api_token_file
+        if path is None:
+            from elastic.cli.remote import API_TOKEN_FILE
+            path = self.state_dir / API_TOKEN_FILE
+        try:
+            token = path.read_text().strip()
+        except OSError:
+            raise ConfigError(f"no API token at {path} (give --api-token-file: the daemon's "
+                              "api-token)", key="--api-token-file") from None
+        return Remote(self.api, token)
 
     @property
     def state_dir(self) -> Path:
@@ -84,13 +104,20 @@ def handles_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
               envvar="ELASTIC_LOG_FORMAT", show_envvar=True,
               help="json: one JSON object per log line (for a supervisor's journal).")
+@click.option("--api", default=None, metavar="URL", envvar="ELASTIC_API", show_envvar=True,
+              help="Send add-workers, remove-workers, rebalance and scale to this running "
+                   "`elastic serve` instead of acting here.")
+@click.option("--api-token-file", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, envvar="ELASTIC_API_TOKEN_FILE", show_envvar=True,
+              help="The daemon's token (default: <state dir>/api-token).")
 @click.pass_context
-def cli(ctx: click.Context, state_dir: Path | None, verbose: int, log_format: str) -> None:
+def cli(ctx: click.Context, state_dir: Path | None, verbose: int, log_format: str,
+        api: str | None, api_token_file: Path | None) -> None:
     """elastic: declarative virtual clusters on libvirt hosts, grown and shrunk with the
     batch queue, bursting to EC2 when the private hosts are full."""
     from elastic.cli import logs
     logs.setup(verbose, log_format)
-    ctx.obj = Ctx(state_dir)
+    ctx.obj = Ctx(state_dir, api, api_token_file)
 
 
 @cli.command()
@@ -267,6 +294,9 @@ def rebalance(obj: Ctx, target: str, output: str, lab: bool, dry_run: bool, inte
     spec), then move each chunk whole. Chunks that fit nowhere are reported, never split."""
     from elastic.engine.projects import resolve_with_state
     from elastic.engine.rebalance import Rebalancer
+    if _remotely(obj, target, "/api/v1/projects/{project}/rebalance", {"dry_run": dry_run},
+                 output):
+        return
     spec, lab = _target(obj, target, lab)
     project = resolve_with_state(spec, obj.state_dir, lab=lab)
     say = (lambda m: obj.err.print(m, markup=False)) if output != "json" else None
@@ -383,6 +413,73 @@ def console(obj: Ctx, node: str, show_log: bool) -> None:
         return
     argv = console_command(obj.state_dir, node)
     os.execvp(argv[0], argv)
+
+
+# ------------------------------------------------------------------------ operating
+
+@cli.command()
+@click.option("--address", default="127.0.0.1", show_default=True,
+              help="Where to listen (loopback by default: put a TLS proxy in front to reach "
+                   "it from elsewhere).")
+@click.option("--port", type=click.IntRange(1, 65535), default=8765, show_default=True)
+@click.option("--token-file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              default=None, help="The token the changing routes want (default: "
+                                 "<state dir>/api-token, made at the first start).")
+@click.pass_obj
+@handles_errors
+def serve(obj: Ctx, address: str, port: int, token_file: Path | None) -> None:
+    """The HTTP API (/api/v1, OpenAPI at /api/v1/openapi.json), Prometheus metrics
+    (/metrics) and the status page (/), from the state database; beside `elastic
+    autoscale`, which it does not replace. Changes (POST) need `Authorization: Bearer
+    TOKEN`."""
+    from elastic.server.app import TOKEN_FILE, create_app, load_or_make_token
+    from elastic.server.app import serve as run_server
+    if token_file is not None:
+        token = token_file.read_text().strip()
+        if not token:
+            raise ConfigError("the token file is empty", str(token_file))
+        where = str(token_file)
+    else:
+        token = load_or_make_token(obj.state_dir)
+        where = str(obj.state_dir / TOKEN_FILE)
+    obj.err.print(f"elastic API, metrics and status page on http://{address}:{port}/ "
+                  f"(token for changes: {where})", markup=False)
+    run_server(create_app(obj.state_dir, token=token), address, port)
+
+
+@cli.command()
+@click.argument("project", required=False)
+@click.option("--since", default="2h", show_default=True,
+              help="The window: 90s, 30m, 2h, 1d.")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also draw the queue against the workers over the window as a PNG.")
+@output_option
+@click.pass_obj
+@handles_errors
+def report(obj: Ctx, project: str | None, since: str, plot: Path | None, output: str) -> None:
+    """What PROJECT (every project if left out) did over the window: jobs run and their
+    waits, node-hours private and cloud, the estimated cloud cost, the peaks; --plot draws
+    the timeline."""
+    import time as _time
+
+    from elastic.engine.report import parse_since, summary, summary_lines, timeline
+    try:
+        window = parse_since(since)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    now = _time.time()
+    data = summary(obj.state_dir, project, now - window, now)
+    if plot is not None:
+        from elastic.adapters.plot import timeline_png
+        timeline_png(timeline(obj.state_dir, project, now - window), plot, now=now,
+                     title=f"{project or 'all projects'}: queue and workers, last {since}")
+    if output == "json":
+        render.print_json({**data, "plot": str(plot) if plot else None})
+        return
+    for line in summary_lines(data):
+        obj.out.print(line, markup=False)
+    if plot is not None:
+        obj.out.print(f"timeline: {plot}", markup=False)
 
 
 # ------------------------------------------------------------------------ autoscaling
@@ -573,6 +670,11 @@ def scale(obj: Ctx, tier: str, size: int, target: str | None, lab: bool, output:
     out when only one project that is up has a tier of that name."""
     from elastic.engine.projects import resolve_with_state
     from elastic.engine.web import WebTier
+    if obj.api and target is None:
+        raise ConfigError("with --api, name the project: elastic scale TIER SIZE PROJECT")
+    if target is not None and _remotely(obj, target, "/api/v1/projects/{project}/tiers/"
+                                        f"{tier}/scale", {"size": size}, output):
+        return
     if target is None:
         target = _project_with_tier(obj, tier)
     spec, lab = _target(obj, target, lab)
@@ -671,6 +773,28 @@ def _print_errors(obj: Ctx, result) -> None:
 
 target_argument = click.argument("target", metavar="SPEC|PROJECT")
 
+REMOTE_TIMEOUT = 3600.0   # seconds the CLI waits for a daemon's operation (it makes VMs)
+
+
+def _remotely(obj: Ctx, target: str, path: str, body: dict, output: str) -> bool:
+    """With --api: the change sent to the daemon, waited for and its result printed (True);
+    without: False (act here)."""
+    remote = obj.remote()
+    if remote is None:
+        return False
+    name = target
+    if Path(target).is_file():
+        from elastic.spec.loader import load_document
+        name = load_document(Path(target)).get("project") or target
+    result = remote.act(path.format(project=name), body, timeout=REMOTE_TIMEOUT,
+                        say=lambda msg: obj.err.print(msg, markup=False))
+    if output == "json":
+        render.print_json(result)
+    else:
+        obj.out.print(f"done on {remote.url}: {json.dumps(result, sort_keys=True)}",
+                      markup=False)
+    return True
+
 
 def _target(obj: Ctx, target: str, lab: bool) -> tuple[Path, bool]:
     """A spec file, or the name of a project that is up (its recorded spec)."""
@@ -695,6 +819,9 @@ def add_workers(obj: Ctx, count: int, target: str, lab: bool, batch_netns: str |
                 cls: str | None,
                 output: str) -> None:
     """Add COUNT workers to the scaling group now (the autoscaler's own machinery)."""
+    if _remotely(obj, target, "/api/v1/projects/{project}/workers",
+                 {"add": count, **({"class": cls} if cls else {})}, output):
+        return
     spec, lab = _target(obj, target, lab)
     with _autoscaler(obj, spec, lab, batch_netns) as scaler:
         result = scaler.add_workers(count, cls)
@@ -722,6 +849,9 @@ def remove_workers(obj: Ctx, count: int, target: str, lab: bool, batch_netns: st
     """Drain COUNT workers (cloud first, then the newest) and remove them once they run
     nothing. A running job is never killed."""
     import time as _time
+    if _remotely(obj, target, "/api/v1/projects/{project}/workers", {"remove": count},
+                 output):
+        return
     spec, lab = _target(obj, target, lab)
     with _autoscaler(obj, spec, lab, batch_netns) as scaler:
         drained = scaler.drain_workers(count)

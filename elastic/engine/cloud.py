@@ -260,9 +260,12 @@ class CloudSite:
                 raise      # credentials refused, a request EC2 will never take: a person's
             return str(e)
         self._type_failures(store, lambda f: type_worked(f, inst.instance_type))
+        rec = store.get_node(self.project_name, node.name)
         store.transition(self.project_name, node.name, State.BOOT,
                          f"instance {inst.id} ({inst.instance_type}) starting on "
-                         f"clouds.{self.name}", now, provider_id=inst.id, host=inst.id)
+                         f"clouds.{self.name}", now, provider_id=inst.id, host=inst.id,
+                         data={**((rec.data or {}) if rec else {}),
+                               "instance_type": inst.instance_type})
         return ""
 
     def _types(self, store: Store, now: float) -> list[str]:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from elastic.errors import PermanentError
 from elastic.lifecycle import State
 from elastic.state import Store
 
@@ -103,6 +104,21 @@ def points_from_samples(samples: Iterable[Any]) -> Timeline:
             out[-1] = point
         else:
             out.append(point)
+    return out
+
+
+def site_totals(samples: Iterable[Any]) -> list[dict[str, int]]:
+    """Workers by site at each sample's time, added up over projects as in
+    ``points_from_samples`` (each project's latest sample at or before that time)."""
+    latest: dict[Any, Mapping[str, int]] = {}
+    out: list[dict[str, int]] = []
+    for s in sorted(samples, key=lambda x: x.t):
+        latest[getattr(s, "project", None)] = getattr(s, "workers", None) or {}
+        total: dict[str, int] = {}
+        for workers in latest.values():
+            for site, n in workers.items():
+                total[site] = total.get(site, 0) + int(n)
+        out.append(total)
     return out
 
 
@@ -273,9 +289,9 @@ def summarize(*, nodes: Iterable[NodeHistory], jobs: Iterable[Any],
     for c in clouds.values():
         c["complete"] = not c["unknown"]
     peak_by_site: dict[str, int] = {}
-    for s in samples:
-        for site, count in (getattr(s, "workers", None) or {}).items():
-            peak_by_site[site] = max(peak_by_site.get(site, 0), int(count))
+    for by_site in site_totals(samples):
+        for site, count in by_site.items():
+            peak_by_site[site] = max(peak_by_site.get(site, 0), count)
     if not peak_by_site and points:
         peak_by_site = {PRIVATE: max(p.workers_private for p in points),
                         "cloud": max(p.workers_cloud for p in points)}
@@ -295,6 +311,39 @@ def summarize(*, nodes: Iterable[NodeHistory], jobs: Iterable[Any],
     }
 
 
+def _hours(h: float) -> str:
+    return f"{h:.2f}"
+
+
+def _seconds(s: float | None) -> str:
+    if s is None:
+        return "-"
+    return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min" if s < 7200 else f"{s / 3600:.1f} h"
+
+
+def summary_lines(s: Mapping[str, Any]) -> list[str]:
+    """The summary as sentences, for a terminal."""
+    nh, cost = s["node_hours"], s["cloud_cost"]
+    lines = [f"jobs run: {s['jobs_run']} ({s['slots_run']} slots); wait median "
+             f"{_seconds(s['wait_median'])}, p95 {_seconds(s['wait_p95'])}"
+             + (f" (of {s['waits_known']} with a submission time)"
+                if s["waits_known"] != s["jobs_run"] else ""),
+             f"node-hours: {_hours(nh['private'])} private, {_hours(nh['cloud'])} cloud"
+             + "".join(f"; {_hours(h)} on {c}" for c, h in nh["by_cloud"].items())]
+    if cost["clouds"]:
+        total = f"{cost['total']:.2f} $"
+        lines.append(f"estimated cloud cost: {total}" if cost["complete"] else
+                     f"estimated cloud cost: at least {total} (some cloud hours have no "
+                     "known price)")
+        lines += [f"  cost unknown for {u}" for u in cost["unknown"]]
+    q = s["peak_queue"]
+    lines.append(f"peak queue: {q['pending_jobs']} jobs ({q['pending_slots']} slots) pending, "
+                 f"{q['running_jobs']} running; peak workers: "
+                 + (", ".join(f"{n} {site}" for site, n in s["peak_workers"].items()) or "none")
+                 + f" ({s['samples']} queue samples)")
+    return lines
+
+
 # ------------------------------------------------------------------------------ reading
 
 def summary(state_dir: Path, project: str | None, since: float, now: float) -> dict[str, Any]:
@@ -304,6 +353,8 @@ def summary(state_dir: Path, project: str | None, since: float, now: float) -> d
     if not Store.exists(state_dir):
         return summarize(nodes=[], jobs=[], points=[], prices={}, since=since, now=now)
     with Store.open(state_dir, readonly=True) as store:
+        if project is not None and store.get_project(project) is None:
+            raise PermanentError(f"no project named {project} in {state_dir}")
         projects = [p for p in store.list_projects() if project in (None, p.name)]
         prices: dict[str, dict[str, float]] = {}
         for p in projects:
@@ -359,5 +410,5 @@ def histories(events: Iterable[Any], current: Mapping[tuple[str, str], Any]
 
 __all__ = ["PRIVATE", "NodeHistory", "Timeline", "TimelinePoint", "Transition", "clip",
            "downsample", "histories", "instance_type_of", "job_stats", "median", "node_hours",
-           "p95", "parse_since", "point_of", "points_from_samples", "summarize", "summary",
-           "timeline", "up_intervals"]
+           "p95", "parse_since", "point_of", "points_from_samples", "site_totals",
+           "summarize", "summary", "summary_lines", "timeline", "up_intervals"]

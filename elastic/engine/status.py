@@ -85,7 +85,8 @@ def collect(state_dir: Path, project: str | None = None) -> dict[str, Any]:
                       "host": n.host, "site": n.site, "addresses": leases.get((n.project, n.name), []),
                       "uptime": round(uptime, 1) if uptime is not None else None,
                       "since": n.state_since, "reason": reasons.get((n.project, n.name), ""),
-                      "memory": (n.data or {}).get("memory"), "vcpus": (n.data or {}).get("vcpus")})
+                      "memory": (n.data or {}).get("memory"), "vcpus": (n.data or {}).get("vcpus"),
+                      "chunk": (n.data or {}).get("chunk"), "group": (n.data or {}).get("group")})
     host_rows = []
     for h in hosts:
         info = live.get(h.name, {})

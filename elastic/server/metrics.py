@@ -24,8 +24,8 @@ What is exported (units in the names):
 - ``elastic_cloud_spend_dollars{project,cloud}``: an estimate: each cloud node's hours from
   its creation to DONE (or now) times the hourly price of its instance type
   (``clouds.<cloud>.spec.prices`` in the project's data; the type from the node's data
-  ``instance_type``, else the event that started its instance, else the cloud's only
-  instance type). Nodes whose type or price is not known are left out, never guessed;
+  ``instance_type``, else the event that started its instance). A node whose type or
+  price is not known is left out, never guessed;
 - ``elastic_vpn_peers{project,cloud}``, ``elastic_vpn_handshake_age_seconds{project,peer}``:
   from each recorded WireGuard hub (``wg show dump``), if it answers within 2 s in all;
 - ``elastic_host_cpu_ratio{host}`` (over the last two stored samples),
@@ -51,8 +51,12 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
-                                    HistogramMetricFamily, Metric)
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
 from elastic import __version__
 from elastic.errors import ElasticError
@@ -327,10 +331,6 @@ class ElasticCollector:
             itype = life.instance_type
             if life.ended is None:
                 itype = types.get((life.project, life.node)) or itype
-            if not itype:
-                listed = spec.get("instance_types")
-                if isinstance(listed, list) and len(listed) == 1:
-                    itype = listed[0]
             price = _finite(prices.get(itype)) if isinstance(itype, str) else None
             if price is None:
                 continue

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import datetime
 import html
+import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -109,7 +110,24 @@ def as_point(item: Any) -> Point:
 
 
 def as_points(items: Iterable[Any]) -> list[Point]:
-    return sorted((as_point(i) for i in items or ()), key=lambda p: p.t)
+    """Timeline items -> points, oldest first. Items of several projects (``project``) are
+    added up: at each item's time, the sum of every project's latest item at or before it
+    (as ``elastic.engine.report.points_from_samples`` does)."""
+    tagged = sorted(((_get(i, "project"), as_point(i)) for i in items or ()),
+                    key=lambda tp: tp[1].t)
+    if len({project for project, _ in tagged}) <= 1:
+        return [p for _, p in tagged]
+    latest: dict[Any, Point] = {}
+    out: list[Point] = []
+    for project, p in tagged:
+        latest[project] = p
+        values = list(latest.values())
+        total = Point(p.t, *(sum(v[i] for v in values) for i in range(1, len(Point._fields))))
+        if out and out[-1].t == total.t:
+            out[-1] = total
+        else:
+            out.append(total)
+    return out
 
 
 def nice_ceiling(value: float, ticks: int = 4) -> tuple[float, float]:
@@ -157,9 +175,9 @@ def timeline_svg(points: Sequence[Any], now: float, hours: float = 6, width: int
     pts = [p for p in as_points(points) if start <= p.t <= now]
     ml, mr, mt, mb = 52, 52, 30, 30
     pw, ph = width - ml - mr, height - mt - mb
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="timeline" width="{width}" '
-           f'height="{height}" viewBox="0 0 {width} {height}" role="img" '
-           f'aria-label="queue depth against workers, last {e(_fmt(hours))} h">',
+    out = [(f'<svg xmlns="http://www.w3.org/2000/svg" class="timeline" width="{width}" '
+            f'height="{height}" viewBox="0 0 {width} {height}" role="img" '
+            f'aria-label="queue depth against workers, last {e(_fmt(hours))} h">'),
            f'<rect x="0" y="0" width="{width}" height="{height}" fill="#ffffff"/>']
     # legend (top band)
     out.append('<g class="legend" font-size="12" fill="#333">')
@@ -231,7 +249,7 @@ def timeline_svg(points: Sequence[Any], now: float, hours: float = 6, width: int
                f'stroke-width="2.5" stroke-linejoin="round" points="{queue}"/>')
     for key, attr in (("private", "workers_private"), ("cloud", "workers_cloud")):
         d = [f"M{x(pts[0].t)},{yw(getattr(pts[0], attr))}"]
-        for prev, p in zip(pts, pts[1:], strict=False):
+        for prev, p in itertools.pairwise(pts):
             d.append(f"H{x(p.t)}")
             if getattr(p, attr) != getattr(prev, attr):
                 d.append(f"V{yw(getattr(p, attr))}")
@@ -272,7 +290,7 @@ td.num { text-align: right; }
 .host.down { border-color: #d62728; }
 .bar { background: #eee; width: 220px; height: 8px; border-radius: 4px; overflow: hidden; }
 .bar span { display: block; height: 8px; background: #2ca02c; }
-.bar.over span { background: #d62728; }
+.bar.over span { background: #8b0000; }  /* not a chart colour */
 .group { margin: 4px 0 2px 0; font-size: 12px; color: #555; }
 .state-RUNNING { color: #2a7d2a; font-weight: 600; }
 .state-FAILED { color: #c00; font-weight: 600; }
