@@ -433,8 +433,7 @@ class Operations:
     def _run(self, op_id: str, project: str, verb: Verb, work: Callable[[], Any]) -> None:
         state, result, error = "done", None, None
         try:
-            result = jsonable_encoder(work())
-            json.dumps(result, allow_nan=False)
+            result = _finite(jsonable_encoder(work()))    # NaN and infinities: null
         except ElasticError as e:
             state, error = "failed", str(e) or type(e).__name__
         except Exception as e:    # a bug in an action must not vanish with its thread

@@ -1,5 +1,5 @@
-"""The status page in a real browser: headless Chromium loads the page served from
-127.0.0.1 for a state DB filled here, and both what it parsed (--dump-dom) and what it drew
+"""The status page in a real browser: headless Chromium loads the page that `elastic serve`
+serves on 127.0.0.1 for a state DB filled here, and both what it parsed (--dump-dom) and what it drew
 (--screenshot) are checked. The screenshot must show the chart's series in their colours:
 a page whose chart failed to draw fails."""
 
@@ -10,16 +10,14 @@ import os
 import shutil
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from elastic.lifecycle import State
-from elastic.server.page import COLOURS, render_page
+from elastic.server.page import COLOURS
 from elastic.state import Store
 
 pytestmark = pytest.mark.system
@@ -75,38 +73,41 @@ def fill(state_dir: Path, now: float) -> None:
 
 
 @contextlib.contextmanager
-def serve(state_dir: Path) -> Iterator[str]:
-    """The page (made afresh for each request, as the app makes it) on 127.0.0.1."""
-    from elastic.engine.status import collect
-
-    class Page(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            now = time.time()
-            status = collect(state_dir, "sge")
-            with Store.open(state_dir, readonly=True) as store:
-                timeline = store.queue_samples("sge", now - 6 * 3600)
-                events = [{"time": e.time, "project": e.project, "node": e.node,
-                           "kind": e.kind, "reason": e.reason, "from_state": e.from_state,
-                           "to_state": e.to_state} for e in store.events("sge", limit=50)]
-            body = render_page(status, timeline, events, now, project="sge").encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html; charset=utf-8")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Page)
-    thread = threading.Thread(target=server.serve_forever, daemon=True, name="page")
-    thread.start()
+def serve(state_dir: Path, tmp: Path, project: str = "sge") -> Iterator[str]:
+    """`elastic serve` (the real command, in a subprocess) on a free port of 127.0.0.1;
+    the URL of its status page for ``project``."""
+    import socket
+    import sys
+    import urllib.request
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open(tmp / "serve.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "elastic.cli.main", "--state-dir",
+                             str(state_dir), "serve", "--port", str(port)], stdout=log,
+                            stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[2])
+    base = f"http://127.0.0.1:{port}"
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/api/v1/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"elastic serve did not answer:\n{(tmp / 'serve.log').read_text()}")
+            time.sleep(0.2)
+        yield f"{base}/?project={project}"
     finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        log.close()
 
 
 def run_chromium(binary: str, tmp: Path, *args: str) -> subprocess.CompletedProcess:
@@ -159,7 +160,7 @@ def test_chromium_renders_the_status_page(tmp_path: Path) -> None:
     binary = chromium()
     state_dir = tmp_path / "state"
     fill(state_dir, time.time())
-    with serve(state_dir) as url:
+    with serve(state_dir, tmp_path) as url:
         dom = run_chromium(binary, tmp_path, "--dump-dom", url)
         assert dom.returncode == 0, dom.stderr[-2000:]
         shot = tmp_path / "page.png"

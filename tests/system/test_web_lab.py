@@ -143,6 +143,10 @@ def test_the_tier_grows_with_its_load_spreads_it_and_shrinks_back_without_a_fail
         assert set(spread) == set(serving), spread
         assert min(spread.values()) >= 6, spread
         wrk.slice(5, connections=16)            # and under load too, with all of them
+        page = status_page_dom(state, tmp)          # the operator's view, in a browser
+        for name in serving:
+            assert f"{name}.weblab" in page, name
+        assert "www" in page and "tier:decision" in page, page[-2000:]
         # load falls to ~10 requests per second in all: one front-end less per step
         t1 = time.monotonic()
         while tier(state)["size"] > 1:
@@ -174,6 +178,17 @@ def test_the_tier_grows_with_its_load_spreads_it_and_shrinks_back_without_a_fail
     elastic(state, "down", "weblab", timeout=300)
     assert _nginx_of(state) == []
     assert get(lab).startswith("FAILED"), "the balancer still answers after down"
+
+
+def status_page_dom(state: Path, tmp: Path) -> str:
+    """The status page of `elastic serve` for this state, as headless Chromium parsed it."""
+    from tests.system.test_status_page_chromium import run_chromium, serve
+    binary = shutil.which("chromium")
+    assert binary, "needs chromium (Debian's package; scripts/setup.sh installs it)"
+    with serve(state, tmp, project="weblab") as url:
+        dom = run_chromium(binary, tmp, "--dump-dom", url)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    return dom.stdout
 
 
 def _events(state: Path) -> list[dict]:
