@@ -494,51 +494,13 @@ batch_netns_option = click.option(
 
 @contextlib.contextmanager
 def _autoscaler(obj: Ctx, spec: Path, lab: bool, batch_netns: str | None, progress: bool = True):
-    from elastic.engine.autoscale import Autoscaler, ClusterFleet
-    from elastic.engine.batch import batch_system
-    from elastic.engine.projects import resolve_with_state
-    from elastic.state import Store
-    project = resolve_with_state(spec, obj.state_dir, lab=lab)
-    front = None
-    if lab:
-        from elastic.adapters.lab import FRONT_NETNS
-        front = FRONT_NETNS
-    sge = batch_system(project, obj.state_dir, netns=batch_netns, lab_front=front)
-    try:
-        with _cluster(obj, progress=progress) as cluster:
-            # the autoscaler and add/remove-workers take turns on the project's VMs
-            cluster.lock_wait = LOCK_WAIT
-            fleet = ClusterFleet(cluster, spec, obj.state_dir, lab=lab)
-            clouds = _cloud_sites(obj, project, sge, cluster, lab)
-            yield Autoscaler(project.name, lambda: Store.open(obj.state_dir), sge, fleet,
-                             clouds=clouds)
-    finally:
-        close = getattr(sge.runner, "close", None)
-        if close:
-            close()
-
-
-def _cloud_sites(obj: Ctx, project, sge, cluster, lab: bool) -> dict:
-    """The clouds of scaling.burst, each with its VPN hub. In the lab, what the spec leaves
-    out comes from the lab: its local EC2 (and moto's dummy credentials), the front end's
-    namespace for the hub and its address on the lab's internet as the hub's endpoint."""
-    from elastic.engine.cloud import CloudSite
-    sc = project.scaling
-    if sc is None or not sc.burst:
-        return {}
-    opts: dict = {}
-    if lab:
-        from elastic.adapters import cloudlab
-        from elastic.adapters.lab import FRONT_INET_ADDRESS, FRONT_NETNS, Lab
-        info = cloudlab.daemon_info(Lab(obj.state_dir / "lab").cloud_dir)
-        if info:
-            opts["lab_endpoint"] = info["endpoint"]
-            for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-                os.environ.setdefault(var, cloudlab.FAKE_KEY)
-        opts.update(lab_front=FRONT_NETNS, lab_hub_endpoint=FRONT_INET_ADDRESS)
-    return {name: CloudSite.build(project, name, obj.state_dir, batch=sge,
-                                  move=cluster.move_node, **opts)
-            for name in sc.burst}
+    from elastic.engine.controllers import autoscaler
+    with _cluster(obj, progress=progress) as cluster:
+        # the autoscaler and add/remove-workers take turns on the project's VMs
+        cluster.lock_wait = LOCK_WAIT
+        with autoscaler(obj.state_dir, spec, cluster, lab=lab,
+                        batch_netns=batch_netns) as scaler:
+            yield scaler
 
 
 @cli.command()

@@ -125,43 +125,11 @@ class EngineActions:
 
     @contextlib.contextmanager
     def _autoscaler(self, project: str) -> Iterator[Any]:
-        from elastic.engine.autoscale import Autoscaler, ClusterFleet
-        from elastic.engine.batch import batch_system
-        spec, lab, resolved = self._spec(project)
-        front = None
-        if lab:
-            from elastic.adapters.lab import FRONT_NETNS
-            front = FRONT_NETNS
-        sge = batch_system(resolved, self.state_dir, netns=None, lab_front=front)
-        try:
-            with self._cluster() as cluster:
-                fleet = ClusterFleet(cluster, spec, self.state_dir, lab=lab)
-                clouds = self._cloud_sites(resolved, sge, cluster, lab)
-                yield Autoscaler(resolved.name, lambda: Store.open(self.state_dir), sge, fleet,
-                                 clouds=clouds)
-        finally:
-            close = getattr(sge.runner, "close", None)
-            if close:
-                close()
-
-    def _cloud_sites(self, project: Any, sge: Any, cluster: Any, lab: bool) -> dict[str, Any]:
-        from elastic.engine.cloud import CloudSite
-        sc = project.scaling
-        if sc is None or not sc.burst:
-            return {}
-        opts: dict[str, Any] = {}
-        if lab:
-            from elastic.adapters import cloudlab
-            from elastic.adapters.lab import FRONT_INET_ADDRESS, FRONT_NETNS, Lab
-            info = cloudlab.daemon_info(Lab(self.state_dir / "lab").cloud_dir)
-            if info:
-                opts["lab_endpoint"] = info["endpoint"]
-                for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-                    os.environ.setdefault(var, cloudlab.FAKE_KEY)
-            opts.update(lab_front=FRONT_NETNS, lab_hub_endpoint=FRONT_INET_ADDRESS)
-        return {name: CloudSite.build(project, name, self.state_dir, batch=sge,
-                                      move=cluster.move_node, **opts)
-                for name in sc.burst}
+        from elastic.engine.controllers import autoscaler
+        spec, lab, _resolved = self._spec(project)
+        with self._cluster() as cluster, autoscaler(self.state_dir, spec, cluster,
+                                                    lab=lab) as scaler:
+            yield scaler
 
     def add_workers(self, project: str, count: int, cls: str | None) -> dict[str, Any]:
         with self._autoscaler(project) as scaler:
