@@ -18,18 +18,6 @@ fi
 # the CPU the guests leave. The second's output follows the first's.
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
-# The Debian image (~2 minutes of debootstrap, no guest) is built beside them too, at the
-# lowest CPU and I/O priority, into the image cache both processes share: its test then finds
-# it built (or waits on the build's lock) instead of building it in the serial process.
-export ELASTIC_IMAGE_CACHE="${ELASTIC_IMAGE_CACHE:-$logs/images}"
-mkdir -p "$ELASTIC_IMAGE_CACHE/debian"
-prebuild=""
-if [ "$(id -u)" = 0 ] && command -v debootstrap >/dev/null 2>&1; then
-    echo "[test] building the Debian image beside (nice 19, idle I/O) into $ELASTIC_IMAGE_CACHE"
-    nice -n 19 ionice -c 3 sh images/debian/build.sh "$ELASTIC_IMAGE_CACHE/debian" \
-        >"$logs/debian-build.log" 2>&1 &
-    prebuild=$!
-fi
 echo "[test] pytest -m 'not serial' (niced, in the background; its output comes after) and pytest -m serial"
 nice -n 10 .venv/bin/python -m pytest -m "not serial" -p no:cacheprovider >"$logs/beside.log" 2>&1 &
 beside=$!
@@ -37,11 +25,6 @@ rc_serial=0
 .venv/bin/python -m pytest -m serial || rc_serial=$?
 rc_beside=0
 wait "$beside" || rc_beside=$?
-if [ -n "$prebuild" ] && ! wait "$prebuild"; then
-    # not a failure by itself: the image's own test built it again, and says how that went
-    echo "[test] the Debian image's build beside failed; its log ends:"
-    tail -5 "$logs/debian-build.log"
-fi
 echo
 echo "[test] the unit, contract and simulation tests (pytest -m 'not serial'), run beside:"
 cat "$logs/beside.log"

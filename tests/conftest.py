@@ -24,8 +24,8 @@ def write(tmp_path: Path):
 # namespaces, cgroups and local EC2 have fixed names), and the rest (unit, contract,
 # simulation: Python only) in a second process beside it at nice 10. Guests beside the lab's
 # were tried (the image tests, niced): they slowed the lab's guests' boots from ~20 s to ~50 s
-# and the autoscaler's tests failed. Only the Debian image's build (no guest) runs beside, at
-# nice 19 and idle I/O priority (scripts/test.sh), into the shared image cache.
+# and the autoscaler's tests failed. So did building the Debian image beside them (nice 19,
+# idle I/O): no time gained, and a local-cloud instance then booted too late for its test.
 @pytest.hookimpl(tryfirst=True)     # before -m selects on it
 def pytest_collection_modifyitems(config, items):
     for item in items:

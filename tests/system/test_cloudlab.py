@@ -412,7 +412,7 @@ def test_the_proxy_injects_capacity_errors_and_throttling(ec2, ami):
 
 def test_a_spot_instance_is_reclaimed_by_itself(ec2, ami):
     c, agent, _, _ = ec2
-    c.set_knobs(spot_interrupt={"spot1": 1.0})
+    c.set_knobs(spot_interrupt={"spot1": 5.0})   # after it was made: the boot comes first
     iid = launch(ec2, ami, user_data("BOOTED-5"), name="spot1")
     ns = cloudlab.instance_netns(iid)
     wait_for("the marker", lambda: "BOOTED-5" in agent.console(iid))
