@@ -16,6 +16,7 @@
 # openvpn:
 #   VPN_CA VPN_CERT VPN_KEY    PEM texts: the project's CA, the node's cert and its key
 #   VPN_HUB_NAME=hub           the CN of the hub's certificate
+#   VPN_HUB_FINGERPRINT=AB:..  the SHA-256 of the hub's certificate, pinned besides the CA
 #   VPN_IFNAME=ovpn0 VPN_DIR=/run/elastic/openvpn/IFNAME (defaults: the files, 0600)
 #
 # Usage: elastic-vpn.sh [CONTEXT_FILE]   (the variables from the environment, or sourced
@@ -99,6 +100,7 @@ resolv-retry infinite
 connect-retry 1 15
 remote-cert-tls server
 verify-x509-name ${VPN_HUB_NAME:-hub} name
+$([ -z "${VPN_HUB_FINGERPRINT:-}" ] || echo "peer-fingerprint $VPN_HUB_FINGERPRINT")
 ca $DIR/ca.crt
 cert $DIR/node.crt
 key $DIR/node.key

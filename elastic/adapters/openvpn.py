@@ -15,6 +15,7 @@ Files (directories 0700, private keys 0600, written once and exclusively):
     <state>/vpn/<project>/openvpn/ca.key, ca.crt      the project's CA
     <state>/vpn/<project>/openvpn/<cloud>/            one per cloud (its hub):
         hub.key hub.crt  node-NAME.key node-NAME.crt  ccd/NAME  <ifname>.conf  mgmt.sock
+        crl.pem                                       the revoked node certificates
     <state>/vpn/openvpn-<ifname>.log, .pid            the server's output and pid
 
 The server runs in the foreground (``elastic.adapters.run.spawn``), supervised like
@@ -22,7 +23,7 @@ wireguard-go: ``up`` starts it again if it died. Its config ``cd``s into the clo
 and names every file relatively, so the management socket's path stays short (a unix
 socket path has at most 107 bytes).
 
-``make_ca``, ``issue``, ``server_config``, ``ccd_entry``, ``parse_status`` and
+``make_ca``, ``issue``, ``make_crl``, ``server_config``, ``ccd_entry``, ``parse_status`` and
 ``OpenVPNEnrolment`` are pure. Private keys are never logged; a repr never shows one.
 """
 
@@ -55,6 +56,7 @@ CA_DAYS = 3650
 CERT_DAYS = 3650               # a retired node is refused by ccd-exclusive, not by expiry
 SKEW = dt.timedelta(hours=1)   # certs valid from an hour ago: nodes' clocks differ
 MANAGEMENT = "mgmt.sock"
+CRL = "crl.pem"                # the cloud's revoked node certificates (crl-verify)
 
 
 # ---------------------------------------------------------------------------------- PKI
@@ -138,6 +140,25 @@ def issue(ca: Issued, cn: str, now: float, *, server: bool = False,
                   key_pem or _pem_key(key))
 
 
+def make_crl(ca: Issued, serials, now: float) -> str:
+    """A CRL of ``ca`` listing ``serials``. Its next update is as far off as the CA's end:
+    OpenSSL refuses every client once a CRL is past it, and elastic signs a new one each
+    time it revokes."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+
+    ca_cert = x509.load_pem_x509_certificate(ca.cert_pem.encode())
+    start = _when(now) - SKEW
+    builder = (x509.CertificateRevocationListBuilder().issuer_name(ca_cert.subject)
+               .last_update(start).next_update(ca_cert.not_valid_after_utc))
+    for serial in sorted(set(serials)):
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(start)
+            .build())
+    return builder.sign(_load_key(ca.key_pem), hashes.SHA256()).public_bytes(
+        serialization.Encoding.PEM).decode()
+
+
 def fingerprint(cert_pem: str) -> str:
     """SHA-256 of the certificate, colon-separated hex (as ``openvpn --peer-fingerprint``)."""
     from cryptography import x509
@@ -216,6 +237,41 @@ class PKI:
     def has(self, name: str) -> bool:
         return self._paths(name, self.dir)[0].exists()
 
+    @property
+    def crl_path(self) -> Path:
+        return self.dir / CRL
+
+    def crl(self) -> Path:
+        """This cloud's certificate revocation list (``crl-verify``), signed by the CA;
+        made empty on first use."""
+        if not self.crl_path.exists():
+            self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _write_public(self.crl_path, make_crl(self.ca(), (), self.now()))
+        return self.crl_path
+
+    def revoked(self) -> list[int]:
+        """The serial numbers the CRL lists."""
+        from cryptography import x509
+        crl = x509.load_pem_x509_crl(self.crl().read_bytes())
+        return sorted(r.serial_number for r in crl)
+
+    def revoke(self, name: str) -> int | None:
+        """Put certificate ``name``'s serial on the CRL (signed again): from then on the
+        server refuses that certificate even if a node of the same name is admitted again.
+        Returns the serial, or None when there is no such certificate."""
+        from cryptography import x509
+        cert_path = self._paths(name, self.dir)[1]
+        if not cert_path.exists():
+            return None
+        serial = x509.load_pem_x509_certificate(cert_path.read_bytes()).serial_number
+        with open(self.dir / ".crl.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            serials = self.revoked()
+            if serial not in serials:
+                _write_public(self.crl_path, make_crl(self.ca(), [*serials, serial],
+                                                      self.now()))
+        return serial
+
     def forget(self, name: str) -> None:
         for path in self._paths(name, self.dir):
             path.unlink(missing_ok=True)
@@ -230,8 +286,9 @@ def netmask(cidr: str) -> str:
 def server_config(*, ifname: str, directory: Path, port: int, hub_address: str,
                   overlay: str, mtu: int, keepalive: tuple[int, int] = KEEPALIVE,
                   cert: str = "hub") -> str:
-    """The hub's server config: TLS with the project's CA (no static key), tun ``ifname``,
-    topology subnet, only clients with a ccd file (which pushes their leased address)."""
+    """The hub's server config: TLS with the project's CA (no static key) and its CRL
+    (read again by the server when it changes), tun ``ifname``, topology subnet, only
+    clients with a ccd file (which pushes their leased address)."""
     mask = netmask(overlay)
     return "\n".join([
         f"# elastic: the OpenVPN hub {ifname} (rendered by elastic; edits are overwritten)",
@@ -242,7 +299,7 @@ def server_config(*, ifname: str, directory: Path, port: int, hub_address: str,
         'push "topology subnet"', f'push "route-gateway {hub_address}"',
         f"tun-mtu {mtu}",
         "ca ../ca.crt", f"cert {cert}.crt", f"key {cert}.key",
-        "dh none", "remote-cert-tls client", "tls-version-min 1.2",
+        "dh none", "remote-cert-tls client", "tls-version-min 1.2", f"crl-verify {CRL}",
         f"data-ciphers {CIPHERS}",
         "client-config-dir ccd", "ccd-exclusive",
         f"keepalive {keepalive[0]} {keepalive[1]}", "explicit-exit-notify 1",
@@ -298,11 +355,13 @@ class OpenVPNEnrolment:
     hub_endpoint: str = ""  # host:port (UDP)
     routes: tuple[str, ...] = ()
     mtu: int = 1420
+    hub_fingerprint: str = ""   # SHA-256 of the hub's certificate (peer-fingerprint)
 
     def context(self) -> dict[str, str]:
         """The ``VPN_*`` context variables (they hold the private key: never log them)."""
         return {"VPN_TYPE": "openvpn", "VPN_ADDRESS": self.address,
                 "VPN_HUB_ENDPOINT": self.hub_endpoint, "VPN_HUB_NAME": self.hub_name,
+                "VPN_HUB_FINGERPRINT": self.hub_fingerprint,
                 "VPN_ROUTES": " ".join(self.routes), "VPN_MTU": str(self.mtu),
                 "VPN_CA": self.ca.strip(), "VPN_CERT": self.cert.strip(),
                 "VPN_KEY": self.key.strip()}

@@ -210,12 +210,13 @@ class OpenVPNHub:
     one server (tun ``ifname``, UDP ``vpn.port``) whose clients are the cloud nodes, each
     with a certificate of the project's CA (CN = node name) and a client-config-dir file
     that pushes its leased overlay address. ``ccd-exclusive``: a client without a ccd file
-    is refused, so retiring a node is removing its file and killing its session.
+    is refused, so retiring a node is revoking its certificate (the CRL), removing its file
+    and killing its session. A node pins the hub's certificate by its fingerprint.
 
         hub = OpenVPNHub("sgelab", "ec2", cloud_spec.vpn, state_dir, endpoint="203.0.113.7:1194")
         hub.ensure()                        # CA, server cert, server running: idempotent
         vpn = hub.enroll(store, "worker5")  # address leased, cert issued, ccd file written
-        hub.retire(store, "worker5")        # ccd file gone, session killed, cert forgotten
+        hub.retire(store, "worker5")        # cert revoked, ccd gone, session killed
     """
 
     def __init__(self, project: str, cloud: str, vpn, state_dir: Path, *,
@@ -255,6 +256,7 @@ class OpenVPNHub:
         died), forwarding on. Idempotent. Returns the CA's SHA-256 fingerprint."""
         ca = self.pki.ca()
         self.pki.get("hub", cn=self.hub_name, server=True)
+        self.pki.crl()
         self.ccd.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.server.up(self.config())
         run(["sysctl", "-qw", "net.ipv4.ip_forward=1"], netns=self.netns, timeout=10)
@@ -278,10 +280,12 @@ class OpenVPNHub:
         address = lease_overlay(store, self.project, self.cloud, self.vpn.overlay, node,
                                 self.clock.now())
         issued = self.pki.get(name, cn=node)
+        hub = self.pki.get("hub", cn=self.hub_name, server=True)
         self._write_ccd(node, address)
         return OpenVPNEnrolment(node, f"{address}/{self.prefix}", self.pki.ca().cert_pem,
                                 issued.cert_pem, issued.key_pem, self.hub_name,
-                                self.endpoint, self.routes, self.vpn.mtu)
+                                self.endpoint, self.routes, self.vpn.mtu,
+                                fingerprint(hub.cert_pem))
 
     def _write_ccd(self, node: str, address: str) -> bool:
         self.ccd.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -295,10 +299,13 @@ class OpenVPNHub:
         return True
 
     def retire(self, store: Store, node: str) -> None:
-        """After a cloud node is gone: its ccd file removed (the server refuses it from now
-        on), its session killed, its key and certificate forgotten. (Its overlay address
-        goes with the node's other leases when the node is released.)"""
+        """After a cloud node is gone: its certificate revoked (on the CRL: refused even if
+        a node of that name is enrolled again, with a new one), its ccd file removed (the
+        server refuses the name from now on), its session killed, its key and certificate
+        forgotten. (Its overlay address goes with the node's other leases when the node is
+        released.)"""
         name = _key_name(node)
+        self.pki.revoke(name)
         (self.ccd / node).unlink(missing_ok=True)
         self.server.kill_client(node)
         self.pki.forget(name)

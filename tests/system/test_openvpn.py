@@ -157,11 +157,34 @@ def test_a_cloud_node_joins_the_openvpn_hub_only_while_it_is_enrolled(pair, tmp_
     gone = time.monotonic() - t0
     assert not _ping(hub_ns, "10.250.10.2")
     assert not (hub.ccd / "worker9").exists() and not hub.pki.has("node-worker9")
+    # its certificate is on the CRL now: TLS refuses it before its name is looked at
+    revoked = "VERIFY ERROR: depth=0, error=certificate revoked"
     wait_for("the hub to refuse the retired node",
-             lambda: "client-config-dir authentication failed for common name 'worker9'"
-             in hub.server.log_file.read_text(), 20)
+             lambda: revoked in hub.server.log_file.read_text(), 20)
     print(f"retire -> the node's ping fails after {gone:.2f} s")
     assert not _ping(peer_ns, "10.250.10.1")
+    _stop_client(node_dir)
+
+    # enrolled again (a new worker9): the first one's certificate, which was in its
+    # user-data, is on the CRL and refused although the name is admitted again
+    with Store.open(state) as store:
+        again = hub.enroll(store, "worker9").context()
+    assert again["VPN_CERT"] != ctx["VPN_CERT"]
+    refusals = hub.server.log_file.read_text().count(revoked)
+    r, _ = node_up(ctx, peer_ns, tmp_path / "old", f"eov{tag}o", wait=4)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert hub.server.log_file.read_text().count(revoked) > refusals
+    _stop_client(tmp_path / "old")
+    # a node pins the hub's certificate: one that expects another does not talk to it
+    r, _ = node_up({**again, "VPN_HUB_FINGERPRINT": ":".join(["00"] * 32)}, peer_ns,
+                   tmp_path / "pinned", f"eov{tag}f", wait=4)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "--peer-fingerprint certificate hash verification failed" in \
+        (tmp_path / "pinned" / "openvpn.log").read_text()      # though the CA signed it
+    _stop_client(tmp_path / "pinned")
+    r, _ = node_up(again, peer_ns, tmp_path / "new", f"eov{tag}n")
+    assert r.returncode == 0, r.stdout + r.stderr + hub.server.log_file.read_text()[-2000:]
+    assert _ping(hub_ns, "10.250.10.2")
 
     # down: no server, no tun device
     hub.down()

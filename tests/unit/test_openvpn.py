@@ -94,8 +94,19 @@ def test_the_pki_makes_each_key_once_0600_and_reissues_a_lost_certificate(tmp_pa
     again = pki.get("node-worker1", cn="worker1")
     assert again.key_pem == node.key_pem and again.cert_pem != node.cert_pem
     cert(again.cert_pem).verify_directly_issued_by(cert(ca.cert_pem))
+    # revoked: on a CRL the CA signed, valid until the CA's end (OpenSSL refuses everyone
+    # once a CRL is past its next update)
+    from cryptography import x509
+    serial = pki.revoke("node-worker1")
+    assert serial == cert(again.cert_pem).serial_number
+    assert pki.revoke("node-worker1") == serial and pki.revoked() == [serial]   # once
+    crl = x509.load_pem_x509_crl(pki.crl_path.read_bytes())
+    assert crl.is_signature_valid(cert(ca.cert_pem).public_key())
+    assert crl.get_revoked_certificate_by_serial_number(serial) is not None
+    assert crl.next_update_utc == cert(ca.cert_pem).not_valid_after_utc
     pki.forget("node-worker1")
     assert not pki.has("node-worker1") and not (pki.dir / "node-worker1.crt").exists()
+    assert pki.revoke("node-worker1") is None and pki.revoked() == [serial]
     with pytest.raises(ValueError):
         pki.get("../escape", cn="x")
 
@@ -219,6 +230,10 @@ def test_enrolment_leases_an_address_issues_a_certificate_and_writes_its_ccd(hub
     assert ctx["VPN_TYPE"] == "openvpn" and ctx["VPN_HUB_ENDPOINT"] == "172.31.9.9:1194"
     assert ctx["VPN_ROUTES"] == "10.77.0.20/32" and ctx["VPN_HUB_NAME"] == "hub-ec2"
     assert common_name((h.pki.dir / "hub.crt").read_text()) == "hub-ec2"
+    # the node pins the hub's certificate; the server checks the CA's CRL
+    assert ctx["VPN_HUB_FINGERPRINT"] == fingerprint((h.pki.dir / "hub.crt").read_text())
+    assert "crl-verify crl.pem" in h.server.config.splitlines()
+    assert (h.pki.dir / "crl.pem").exists() and h.pki.revoked() == []
     assert e1.key.split("\n")[1] not in repr(e1)
 
 
@@ -241,11 +256,15 @@ def test_retire_and_reconcile_follow_the_db(hub):
             _node(store, n, clock)
             h.enroll(store, n)
         h.server.sessions = {"worker1", "worker2", "worker3"}
-        # worker2 is gone: its ccd file, its session and its certificate go
+        assert h.pki.revoked() == []
+        serial2 = cert((h.pki.dir / "node-worker2.crt").read_text()).serial_number
+        # worker2 is gone: its certificate is revoked, its ccd file, its session and its
+        # certificate go
         for s in path(State.PENDING, State.DONE):
             store.transition("p", "worker2", s, "test", clock.now())
         h.retire(store, "worker2")
         h.retire(store, "worker2")                                   # gone already is fine
+        assert h.pki.revoked() == [serial2]
         store.release("p", "worker2")
         assert h.enrolled() == ["worker1", "worker3"]
         assert h.server.sessions == {"worker1", "worker3"}
@@ -263,6 +282,7 @@ def test_retire_and_reconcile_follow_the_db(hub):
         assert (added, removed) == (["worker3"], ["stranger", "worker4"])
         assert h.enrolled() == ["worker1", "worker3"]
         assert not h.pki.has("node-worker4") and "worker4" in h.server.killed
+        assert len(h.pki.revoked()) == 2 and serial2 in h.pki.revoked()
         assert h.reconcile(store) == ([], [])
         # the freed address is leased again
         store.release("p", "worker4")
