@@ -8,6 +8,7 @@ Every step is idempotent, so running a command again after a crash finishes the 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import hashlib
 import logging
 import tempfile
@@ -543,7 +544,9 @@ class Cluster:
                        hosts: dict[str, HostSpec], built: dict[str, images.ImageFiles]) -> float:
         """Live-migrate a whole chunk: its bridges, base files, disk overlays and context on
         the target first, then every node at once (so the private network is split for the
-        shortest time), then the source's leftovers removed."""
+        shortest time), then the source's leftovers removed. When some nodes cannot move,
+        those that did are brought back, so the chunk stays whole on its source; only if
+        that fails too is it left split, and the error says where each part is."""
         src_spec, dst_spec = hosts[change.src or ""], hosts[change.dst or ""]
         src, dst = self.host(src_spec.name, src_spec.uri), self.host(dst_spec.name, dst_spec.uri)
         nodes = [project.node(n) for n in change.nodes]
@@ -557,8 +560,63 @@ class Cluster:
         for node in nodes:
             self.move_node(store, project.name, node.name, State.MIGRATING,
                        f"live migration {src_spec.name} -> {dst_spec.name}")
-        dest_uri = str(dst_spec.attributes.get("migration_uri") or dst_spec.uri)
         t0 = time.monotonic()
+        errors = self._migrate_all(src, dst, dst_spec, nodes)
+        seconds = time.monotonic() - t0
+        moved = [n for n in nodes if n.name not in errors]
+        back_errors: dict[str, str] = {}
+        if errors and moved:
+            # a chunk is never left split: the nodes that went come back to the others
+            self.report.step(f"chunk {change.target}: {len(errors)} of {len(nodes)} could not "
+                             f"move; bringing the other {len(moved)} back to {src_spec.name}")
+            back_errors = self._migrate_all(dst, src, src_spec, moved)
+        failed = "; ".join(f"{n}: {e}" for n, e in errors.items())
+        on_dst = [n for n in moved if n.name in back_errors]
+        for node in nodes:
+            if node.name in errors:       # it stayed where it was
+                self.move_node(store, project.name, node.name, State.RUNNING,
+                               f"migration failed, still on {src_spec.name}: {errors[node.name]}")
+            elif errors and node.name in back_errors:
+                self.move_node(store, project.name, node.name, State.RUNNING,
+                               f"migrated to {dst_spec.name}, but the rest of chunk "
+                               f"{change.target} could not follow ({failed}), and moving it "
+                               f"back failed: {back_errors[node.name]}", host=dst_spec.name)
+            elif errors:
+                self.move_node(store, project.name, node.name, State.RUNNING,
+                               f"moved back to {src_spec.name}: the rest of chunk "
+                               f"{change.target} could not follow ({failed})")
+            else:
+                self.move_node(store, project.name, node.name, State.RUNNING,
+                               f"migrated to {dst_spec.name} in {seconds:.1f} s",
+                               host=dst_spec.name)
+        # each node's disks go from the host it does not run on, and a host's bridges of
+        # this chunk go once none of its nodes is left there
+        split = {n.name for n in on_dst}
+        ends_on_dst = {n.name for n in nodes if not errors or n.name in split}
+        for node in nodes:
+            for vol in volume_names(node):
+                (src if node.name in ends_on_dst else dst).delete_volume(vol)
+        for host, left in ((src, len(nodes) - len(ends_on_dst)), (dst, len(ends_on_dst))):
+            if not left:
+                for net in sorted({i.network for n in nodes for i in n.interfaces}):
+                    if project.network(net).kind == "private":
+                        host.remove_network(render.network_name(project.name, net))
+        if on_dst:
+            raise PermanentError(
+                f"chunk {change.target} is split: {', '.join(n.name for n in on_dst)} on "
+                f"{dst_spec.name}, the rest on {src_spec.name} ({failed}; moving back: " +
+                "; ".join(f"{n}: {e}" for n, e in back_errors.items()) + ")")
+        if errors:
+            raise PermanentError(f"chunk {change.target} stays on {src_spec.name}: {failed}")
+        return seconds
+
+    @staticmethod
+    def _migrate_all(src: LibvirtHost, dst: LibvirtHost, dst_spec: HostSpec,
+                     nodes: list[NodeSpec]) -> dict[str, str]:
+        """Live-migrate these nodes from ``src`` to ``dst``, all at once; a dropped
+        connection (the guest stayed where it was) is tried again. Returns node -> why, for
+        those that are still on ``src`` (after a failure, where the guest is is asked)."""
+        dest_uri = str(dst_spec.attributes.get("migration_uri") or dst_spec.uri)
         errors: dict[str, str] = {}
 
         def one(node: NodeSpec) -> None:
@@ -571,28 +629,17 @@ class Cluster:
                     errors[node.name] = str(e)
                     time.sleep(attempt)
                 except Exception as e:
+                    name = render.domain_name(node)
+                    with contextlib.suppress(Exception):
+                        if src.domain(name) is None and dst.domain(name) is not None:
+                            errors.pop(node.name, None)   # it went after all
+                            return
                     errors[node.name] = str(e)
                     return
 
         with concurrent.futures.ThreadPoolExecutor(max_workers=len(nodes)) as ex:
             list(ex.map(one, nodes))
-        seconds = time.monotonic() - t0
-        for node in nodes:
-            if node.name in errors:       # it stayed where it was
-                self.move_node(store, project.name, node.name, State.RUNNING,
-                           f"migration failed, still on {src_spec.name}: {errors[node.name]}")
-            else:
-                self.move_node(store, project.name, node.name, State.RUNNING,
-                           f"migrated to {dst_spec.name} in {seconds:.1f} s", host=dst_spec.name)
-                for vol in volume_names(node):
-                    src.delete_volume(vol)
-        if errors:
-            raise PermanentError(f"chunk {change.target}: " + "; ".join(
-                f"{n}: {e}" for n, e in errors.items()))
-        for net in {i.network for n in nodes for i in n.interfaces}:
-            if project.network(net).kind == "private":
-                src.remove_network(render.network_name(project.name, net))
-        return seconds
+        return errors
 
     # ------------------------------------------------------------------------- down
     def down(self, project: str) -> Outcome:
