@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from tests.system.test_up import (elastic, host_conn, host_domains, lab_host, status,
-                                   write_spec)
+from tests.system.test_up import (elastic, host_conn, host_domains, host_volumes, lab_host,
+                                   status, write_spec)
 
 pytestmark = [pytest.mark.system]
 
@@ -38,6 +38,11 @@ nodes:
     memory: {b_memory}
     interfaces: {{eth0: {{address: 10.34.0.3}}}}
 """
+
+
+# a domain named like b, defined (not running) on h2, so that b's migration there fails
+SQUATTER = """<domain type='qemu'><name>b.mover</name><memory unit='MiB'>64</memory>
+<os><type>hvm</type></os></domain>"""
 
 
 def _seqs(text: str) -> set[int]:
@@ -78,6 +83,32 @@ def test_upgrade_live_migrates_a_chunk_and_it_keeps_running(lab, tmp_path):
         assert [(c["kind"], c["target"], c["src"], c["dst"]) for c in dry["changes"]] == \
             [("move", "net", "h1", "h2")]
         assert sorted(host_domains(lab, "h1")) == ["a.mover", "b.mover"]   # dry run: unchanged
+        # first, h2 refuses b (a domain of that name is already defined there): a goes and
+        # comes back, so the chunk stays whole on h1, and nothing of it is left on h2
+        up_first = max(_uptimes(h1.read_volume("mover-a.console.log").decode(errors="replace")))
+        with host_conn(lab, "h2") as conn:
+            squatter = conn.defineXML(SQUATTER)
+        try:
+            failed = elastic(state, "upgrade", str(spec), check=False)
+            assert failed.returncode != 0
+            assert "chunk net stays on h1: b:" in failed.stdout + failed.stderr, failed
+            assert sorted(d for d in host_domains(lab, "h1") if d.endswith(".mover")) == \
+                ["a.mover", "b.mover"]
+            assert host_domains(lab, "h2") == ["b.mover"]            # only the squatter
+            assert not [v for v in host_volumes(lab, "h2") if v.startswith("mover-")]
+            with host_conn(lab, "h2") as conn:
+                assert "elastic-mover-net" not in [n.name() for n in conn.listAllNetworks()]
+            nodes = {n["name"]: n for n in status(state, "mover")["nodes"]}
+            assert {n: (v["state"], v["host"]) for n, v in nodes.items()} == \
+                {"a": ("RUNNING", "h1"), "b": ("RUNNING", "h1")}
+        finally:
+            squatter.undefine()
+        time.sleep(2)
+        back = h1.read_volume("mover-a.console.log").decode(errors="replace")
+        assert _uptimes(back)[-1] > up_first + 1, "a rebooted instead of coming back"
+        # a's pings while it was on h2 went to h2's console log, now gone: the gap of the
+        # real move below is measured from here on
+        mark = max(_seqs(back))
         # keep what a printed on h1 until its log is gone, to see the pings before the move
         before: dict[str, str] = {"log": ""}
         stop = threading.Event()
@@ -110,7 +141,7 @@ def test_upgrade_live_migrates_a_chunk_and_it_keeps_running(lab, tmp_path):
         time.sleep(3)
         after = h2.read_volume("mover-a.console.log").decode(errors="replace")
         assert min(_uptimes(after)) >= uptime_before, "a rebooted instead of moving"
-        seqs = _seqs(before["log"]) | _seqs(after)
+        seqs = {s for s in _seqs(before["log"]) | _seqs(after) if s > mark}
         assert max(seqs) > max(_seqs(before["log"])) + 5, "no pings after the move"
         gap, lost = forwarding_gap(seqs, INTERVAL)
         print(f"\nchunk of 2 migrated h1 -> h2 in {result['migrations']['net']:.1f} s; "
