@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from elastic.adapters import render
 from elastic.adapters.run import run
 from elastic.errors import ConfigError
 
@@ -77,9 +78,9 @@ def build(name: str, cache: Path, progress=None) -> ImageFiles:
         run([str(recipes_dir() / name / "build.sh"), str(out)], timeout=BUILD_TIMEOUT)
     manifest = json.loads((out / "manifest.json").read_text()) if \
         (out / "manifest.json").is_file() else {}
-    kernel = out / "vmlinuz"
-    if kernel.is_file():
+    kernel = render.tiny_kernel(out)
+    if kernel is not None:
         return ImageFiles(name=name, disk=out / "disk.qcow2", kernel=kernel,
-                          initrd=out / "initramfs.cpio.gz",
+                          initrd=out / render.TINY_INITRD,
                           cmdline=manifest.get("cmdline", TINY_CMDLINE))
     return ImageFiles(name=name, disk=out / "disk.qcow2")

@@ -78,15 +78,28 @@ class BootSpec:
         return self.kernel is not None
 
 
+TINY_INITRD = "initramfs.cpio.lz4"
+
+
+def tiny_kernel(image_dir: str | Path) -> Path | None:
+    """The kernel of a tiny image built into ``image_dir``: ``vmlinux`` (uncompressed, started
+    at its PVH entry point: under QEMU TCG the compressed ``vmlinuz`` spends 4-7 s of each
+    boot unpacking itself) when the build made one, else ``vmlinuz``; None if neither."""
+    for name in ("vmlinux", "vmlinuz"):
+        if (Path(image_dir) / name).is_file():
+            return Path(image_dir) / name
+    return None
+
+
 def tiny_boot(image_dir: str | Path, *, domain_type: str = "qemu", extra: str = "") -> BootSpec:
     """Direct kernel boot of the tiny image built by images/tiny/build.sh into ``image_dir``
-    (``vmlinuz`` + ``initramfs.cpio.gz``). ``extra`` is appended to the kernel command line,
-    e.g. ``elastic.context_wait=5`` or ``elastic.autologin=1``."""
+    (``vmlinux`` or ``vmlinuz``, and ``initramfs.cpio.lz4``). ``extra`` is appended to the
+    kernel command line, e.g. ``elastic.context_wait=5`` or ``elastic.autologin=1``."""
     d = Path(image_dir)
     cmdline = TINY_CMDLINE_XEN_PV if domain_type == "xen" else TINY_CMDLINE
     if extra:
         cmdline = f"{cmdline} {extra}"
-    return BootSpec.direct(d / "vmlinuz", d / "initramfs.cpio.gz", cmdline)
+    return BootSpec.direct(tiny_kernel(d) or d / "vmlinuz", d / TINY_INITRD, cmdline)
 
 
 # ------------------------------------------------------------------------------ names

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from elastic.adapters.render import TINY_INITRD, tiny_kernel
 from tests.system.qemu_guest import Guest, bridged_netns, overlay, sh
 from tests.system.qemu_guest import context_iso as _context_iso
 from tests.system.waiting import wait_for
@@ -85,8 +86,8 @@ def guest(netns, tmp_path):
 
 class TinyGuest(Guest):
     def start(self, image: Path, *devices: str) -> None:   # direct kernel boot
-        super().start("-kernel", str(image / "vmlinuz"),
-                      "-initrd", str(image / "initramfs.cpio.gz"),
+        super().start("-kernel", str(tiny_kernel(image)),
+                      "-initrd", str(image / TINY_INITRD),
                       "-append", "console=ttyS0 panic=-1 quiet", *devices)
 
 
@@ -111,8 +112,12 @@ def test_build_outputs_and_is_idempotent(image) -> None:
     kver = manifest["kernel_version"]
     assert Path(f"/boot/vmlinuz-{kver}").exists()
     assert (image / "vmlinuz").read_bytes() == Path(f"/boot/vmlinuz-{kver}").read_bytes()
-    for name in ("vmlinuz", "initramfs.cpio.gz", "disk.qcow2"):
+    for name in ("vmlinuz", "vmlinux", "initramfs.cpio.lz4", "disk.qcow2"):
         assert manifest["files"][name]["bytes"] == (image / name).stat().st_size
+    # Debian's kernel has a PVH entry point: the uncompressed ELF is what boots
+    assert manifest["pvh"] is True and tiny_kernel(image) == image / "vmlinux"
+    assert (image / "vmlinux").read_bytes()[:4] == b"\x7fELF"
+    assert (image / "initramfs.cpio.lz4").read_bytes()[:4] == b"\x02\x21\x4c\x18"  # legacy
     assert {"virtio_pci", "virtio_net", "virtio_blk", "isofs", "sr_mod", "ext4"} <= set(manifest["modules"])
     assert manifest["build_seconds"] < 60
     assert manifest["payload"]

@@ -29,6 +29,7 @@ from elastic.adapters.render import (
     network_xml,
     spec_hash,
     tiny_boot,
+    tiny_kernel,
 )
 from elastic.model import Interface, NodeSpec, Project, Route
 from elastic.spec import load_project
@@ -186,7 +187,7 @@ def test_kvm_and_qemu_os_cpu_features(head, domain_type) -> None:
     assert os_.find("type").text == "hvm"
     assert os_.find("type").attrib == {"arch": "x86_64", "machine": "pc"}
     assert os_.findtext("kernel") == f"{IMAGES}/vmlinuz"
-    assert os_.findtext("initrd") == f"{IMAGES}/initramfs.cpio.gz"
+    assert os_.findtext("initrd") == f"{IMAGES}/initramfs.cpio.lz4"
     assert "console=ttyS0" in os_.findtext("cmdline").split()
     assert root.find("features/acpi") is not None and root.find("features/apic") is not None
     cpu = root.find("cpu")
@@ -266,9 +267,18 @@ def test_bad_arguments(head) -> None:
 
 def test_boot_specs() -> None:
     b = tiny_boot("/img", extra="elastic.autologin=1")
-    assert b == BootSpec("/img/vmlinuz", "/img/initramfs.cpio.gz",
+    assert b == BootSpec("/img/vmlinuz", "/img/initramfs.cpio.lz4",
                          "console=ttyS0 panic=-1 quiet elastic.autologin=1")
     assert b.is_direct and not BootSpec.disk().is_direct
+
+
+def test_the_uncompressed_kernel_is_booted_when_the_build_made_one(tmp_path) -> None:
+    assert tiny_kernel(tmp_path) is None
+    (tmp_path / "vmlinuz").write_bytes(b"bzImage")
+    assert tiny_boot(tmp_path).kernel == str(tmp_path / "vmlinuz")
+    (tmp_path / "vmlinux").write_bytes(b"\x7fELF")
+    assert tiny_kernel(tmp_path) == tmp_path / "vmlinux"
+    assert tiny_boot(tmp_path).kernel == str(tmp_path / "vmlinux")
 
 
 # ------------------------------------------------------------------ names
