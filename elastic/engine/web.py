@@ -211,16 +211,20 @@ class WebTier:
                           generation=generation, drain_timeout=spec.drain_timeout,
                           connect_timeout=spec.connect_timeout)
         changed = self.nginx.configure(conf)
-        (self.nginx.directory / "tier.json").write_text(json.dumps(
-            {"project": self.name, "tier": self.tier, "netns": self.netns,
-             "listen": spec.listen, "port": spec.port}) + "\n")
+        info = json.dumps({"project": self.name, "tier": self.tier, "netns": self.netns,
+                           "listen": spec.listen, "port": spec.port}) + "\n"
+        info_file = self.nginx.directory / "tier.json"
+        if not info_file.is_file() or info_file.read_text() != info:   # not every tick
+            info_file.write_text(info)
         if self.nginx.running() is None:
             self.nginx.start()
             self._event("tier:balancer", f"nginx started on {spec.listen}:{spec.port} with "
                         f"{len(names)} front-ends: {', '.join(names) or 'none'}")
         elif changed:
             self.nginx.reload(generation, self._poll_address(spec), spec.port)
-        self._save(serving=names, generation=generation, group=self._spec(project).group)
+        now = {"serving": names, "generation": generation, "group": self._spec(project).group}
+        if {k: self.record().get(k) for k in now} != now:          # a DB write only on change
+            self._save(**now)
         return names
 
     @staticmethod
@@ -423,7 +427,7 @@ class _CpuSampler:
         wanted = {n.name for n in nodes}
         hosts = {h.name: h for h in project.hosts}
         shares: list[float] = []
-        now = time.time()
+        now = self.cluster.clock.now()       # the clock the tier's windows are on
         for host_name in sorted({where[n] for n in wanted if n in where}):
             h = hosts.get(host_name)
             if h is None:

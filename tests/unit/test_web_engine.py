@@ -173,6 +173,15 @@ def test_a_front_end_joins_the_upstream_only_once_it_answers(world):
     assert tier.sync() == ["web1"]
     assert log[-1] == ("reload", (lan(1),))
     assert tier.record()["serving"] == ["web1"]
+    # a tick that changes nothing writes nothing: no reload, no DB write, no file write
+    info = nginx.directory / "tier.json"
+    stamp = info.stat().st_mtime_ns
+    saves = []
+    real_save = tier._save
+    tier._save = lambda **fields: (saves.append(fields), real_save(**fields))
+    assert tier.sync() == ["web1"] and tier.sync() == ["web1"]
+    assert saves == [] and info.stat().st_mtime_ns == stamp
+    assert log[-1] == ("reload", (lan(1),))
 
 
 def test_load_grows_the_tier_and_the_new_front_end_serves_after_its_health_check(world):
