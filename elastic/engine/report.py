@@ -72,30 +72,43 @@ class TimelinePoint:
 Timeline = list[TimelinePoint]
 
 
+def _field(obj: Any, name: str, default: Any = None) -> Any:
+    """``obj.name`` or ``obj[name]`` (a record or its JSON form), else ``default``."""
+    value = obj.get(name, default) if isinstance(obj, Mapping) else getattr(obj, name, default)
+    return default if value is None else value
+
+
 def point_of(sample: Any) -> TimelinePoint:
     """A TimelinePoint from a QueueSampleRecord (``workers``: site -> count; 'private' is the
-    private hosts, every other site a cloud), or a TimelinePoint as it is."""
+    private hosts, every other site a cloud), from the JSON form of either, or a
+    TimelinePoint as it is."""
     if isinstance(sample, TimelinePoint):
         return sample
-    workers: Mapping[str, int] = getattr(sample, "workers", None) or {}
+    workers = _field(sample, "workers")
+    if isinstance(workers, Mapping):
+        private = int(workers.get(PRIVATE, 0) or 0)
+        cloud = sum(int(n or 0) for site, n in workers.items() if site != PRIVATE)
+    else:
+        private = int(_field(sample, "workers_private", 0))
+        cloud = int(_field(sample, "workers_cloud", 0))
     return TimelinePoint(
-        float(sample.t), int(sample.pending_jobs), int(sample.pending_slots),
-        int(sample.running_jobs), int(workers.get(PRIVATE, 0)),
-        sum(int(n) for site, n in workers.items() if site != PRIVATE))
+        float(_field(sample, "t", 0.0)), int(_field(sample, "pending_jobs", 0)),
+        int(_field(sample, "pending_slots", 0)), int(_field(sample, "running_jobs", 0)),
+        private, cloud)
 
 
 def points_from_samples(samples: Iterable[Any]) -> Timeline:
-    """Queue samples (of one project or of several) -> points, oldest first. Samples of
-    several projects are added up: at each sample's time, the sum of every project's latest
-    sample taken at or before it."""
-    ordered = sorted(samples, key=lambda s: s.t)
-    projects = {getattr(s, "project", None) for s in ordered}
-    if len(projects) <= 1:
-        return [point_of(s) for s in ordered]
+    """Queue samples (of one project or of several; records, points or their JSON forms) ->
+    points, oldest first. Samples of several projects are added up: at each sample's time,
+    the sum of every project's latest sample taken at or before it."""
+    ordered = sorted(((_field(s, "project"), point_of(s)) for s in samples or ()),
+                     key=lambda pair: pair[1].t)
+    if len({project for project, _ in ordered}) <= 1:
+        return [p for _, p in ordered]
     latest: dict[Any, TimelinePoint] = {}
     out: Timeline = []
-    for s in ordered:
-        latest[getattr(s, "project", None)] = point_of(s)
+    for project, s in ordered:
+        latest[project] = s
         values = list(latest.values())
         point = TimelinePoint(float(s.t), *(sum(getattr(p, f) for p in values) for f in (
             "pending_jobs", "pending_slots", "running_jobs", "workers_private",

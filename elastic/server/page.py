@@ -23,15 +23,18 @@ Arguments:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import html
 import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import jinja2
 from markupsafe import Markup
+
+from elastic.engine.report import TimelinePoint, point_of, points_from_samples
 
 REFRESH_SECONDS = 10
 EVENTS_SHOWN = 50
@@ -86,48 +89,9 @@ def clock_time(t: float, seconds: bool = False) -> str:
 
 # ------------------------------------------------------------------------------ timeline
 
-class Point(NamedTuple):
-    t: float
-    pending_jobs: int
-    pending_slots: int
-    running_jobs: int
-    workers_private: int
-    workers_cloud: int
-
-
-def as_point(item: Any) -> Point:
-    """One timeline item (a QueueSampleRecord, a report TimelinePoint or a mapping)."""
-    workers = _get(item, "workers")
-    if isinstance(workers, Mapping):
-        private = int(workers.get(PRIVATE, 0) or 0)
-        cloud = sum(int(n or 0) for site, n in workers.items() if site != PRIVATE)
-    else:
-        private = int(_get(item, "workers_private", 0))
-        cloud = int(_get(item, "workers_cloud", 0))
-    return Point(float(_get(item, "t", 0.0)), int(_get(item, "pending_jobs", 0)),
-                 int(_get(item, "pending_slots", 0)), int(_get(item, "running_jobs", 0)),
-                 private, cloud)
-
-
-def as_points(items: Iterable[Any]) -> list[Point]:
-    """Timeline items -> points, oldest first. Items of several projects (``project``) are
-    added up: at each item's time, the sum of every project's latest item at or before it
-    (as ``elastic.engine.report.points_from_samples`` does)."""
-    tagged = sorted(((_get(i, "project"), as_point(i)) for i in items or ()),
-                    key=lambda tp: tp[1].t)
-    if len({project for project, _ in tagged}) <= 1:
-        return [p for _, p in tagged]
-    latest: dict[Any, Point] = {}
-    out: list[Point] = []
-    for project, p in tagged:
-        latest[project] = p
-        values = list(latest.values())
-        total = Point(p.t, *(sum(v[i] for v in values) for i in range(1, len(Point._fields))))
-        if out and out[-1].t == total.t:
-            out[-1] = total
-        else:
-            out.append(total)
-    return out
+# one look at the queue, and a list of them (several projects' added up): the report's
+as_point = point_of
+as_points = points_from_samples
 
 
 def nice_ceiling(value: float, ticks: int = 4) -> tuple[float, float]:
@@ -512,7 +476,7 @@ def page_context(status: Mapping[str, Any], timeline: Sequence[Any], events: Ite
     latest = None
     if points:
         p = points[-1]
-        latest = {**p._asdict(), "when": ago(now - p.t)}
+        latest = {**dataclasses.asdict(p), "when": ago(now - p.t)}
     return {
         "refresh": REFRESH_SECONDS, "project": project or "",
         "projects": list(status.get("projects") or []),
@@ -540,5 +504,5 @@ def render_page(status: Mapping[str, Any], timeline: Sequence[Any], events: Iter
     return _PAGE.render(**page_context(status, timeline, events, now, project=project))
 
 
-__all__ = ["COLOURS", "Point", "ago", "as_point", "as_points", "nice_ceiling", "page_context",
+__all__ = ["COLOURS", "TimelinePoint", "ago", "as_point", "as_points", "nice_ceiling", "page_context",
            "render_page", "timeline_svg"]
