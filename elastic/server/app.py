@@ -407,12 +407,13 @@ class Operations:
         except Exception as e:    # a bug in an action must not vanish with its thread
             log.exception("operation %s (%s %s) failed", op_id, verb, project)
             state, error = "failed", f"{type(e).__name__}: {e}"
+        summary = error if error is not None else _short(result)
+        # the event first: whoever sees the operation ended finds its event in the log
+        self._event(project, verb, f"operation {op_id} {state}: {summary}",
+                    {"operation": op_id, "state": state})
         with self._lock:
             self._ops[op_id].update(state=state, result=result, error=error,
                                     ended=self.clock.now())
-        summary = error if error is not None else _short(result)
-        self._event(project, verb, f"operation {op_id} {state}: {summary}",
-                    {"operation": op_id, "state": state})
 
     def _event(self, project: str, verb: str, reason: str, data: dict[str, Any]) -> None:
         try:

@@ -27,6 +27,7 @@ import pytest
 from elastic.adapters import net
 from elastic.adapters.balancer import LogReader, Nginx, nginx_conf, parse_log
 from elastic.adapters.run import run, spawn
+from tests.system.waiting import wait_for
 
 pytestmark = pytest.mark.system
 
@@ -61,17 +62,6 @@ def _get(ns: str | None, host: str, port: int, path: str = "/",
         return resp.status, resp.read().decode(errors="replace")
     finally:
         conn.close()
-
-
-def _wait(what: str, predicate, timeout: float, step: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:g} s")
-        time.sleep(step)
 
 
 def _nginx_pids(ns: str) -> list[int]:
@@ -161,7 +151,7 @@ def tier(tmp_path):
                                       log_file=tmp_path / f"web{i}.log", netns=ns)
             ips.append(ip)
         for ip in ips:
-            _wait(f"httpd on {ip}", lambda ip=ip: lb.health(f"{ip}:80", HEALTH)[0], 10)
+            wait_for(f"httpd on {ip}", lambda ip=ip: lb.health(f"{ip}:80", HEALTH)[0], 10)
         yield SimpleNamespace(front=front, address=f"10.99.{n}.1", lb=lb, dir=tmp_path,
                               backend={f"web{i}": f"{ip}:80" for i, ip in enumerate(ips, 1)},
                               httpds=httpds)
@@ -204,7 +194,7 @@ def test_reloads_under_load_lose_no_request_and_a_removed_backend_drains(tier):
     assert _get(front, addr, PORT) == (200, "hello from web1\n")
     assert _get(front, addr, PORT, "/.elastic/config") == (200, "g1\n")
     reader = LogReader(lb.access_log)
-    first = _wait("the request in the access log", reader.read, 3)
+    first = wait_for("the request in the access log", reader.read, 3, every=0.05)
     assert [(r.upstream, r.status) for r in first] == [(be["web1"], 200)]
     assert lb.stub_status(addr, PORT)["requests"] >= 2
 
@@ -242,7 +232,7 @@ def test_reloads_under_load_lose_no_request_and_a_removed_backend_drains(tier):
     finally:
         load.kill()
     assert numbers["non2xx"] == 0 and numbers["socket_errors"] == 0, numbers["text"]
-    _wait("web3 drained", lambda: lb.connections_to(be["web3"]) == 0, DRAIN + 1, step=0.2)
+    wait_for("web3 drained", lambda: lb.connections_to(be["web3"]) == 0, DRAIN + 1, every=0.2)
     assert set(served(20)) == {"hello from web1", "hello from web2"}
     after = reader.read()
     to_web3 = [r for r in after if r.upstream == be["web3"]]
@@ -259,7 +249,7 @@ def test_reloads_under_load_lose_no_request_and_a_removed_backend_drains(tier):
     assert lb.health(be["web1"], HEALTH) == (True, "200")
     assert lb.health(be["web1"], "/missing.html") == (False, "status 404")
     assert served(20) == {"hello from web1": 20}
-    raw = _wait("the log lines", lambda: lb.access_log.read_text(), 1)
+    raw = wait_for("the log lines", lambda: lb.access_log.read_text(), 1, every=0.05)
     retried = [x for x in raw.splitlines() if f"{be['web2']}, {be['web1']}" in x]
     assert retried, "no request was retried on web1"
     assert all(r.upstream == be["web1"] and r.status == 200 for r in parse_log(retried[0] + "\n"))
@@ -308,7 +298,7 @@ def test_nginx_accepts_what_is_rendered_refuses_the_rest_and_answers_503_without
         lb.start()
         assert _get(None, "127.0.0.1", port) == (503, "no backends\n")
         assert _get(None, "127.0.0.1", port, "/.elastic/config") == (200, "b\n")
-        requests = _wait("the 503 in the log", LogReader(lb.access_log).read, 3)
+        requests = wait_for("the 503 in the log", LogReader(lb.access_log).read, 3, every=0.05)
         assert [(r.upstream, r.status) for r in requests] == [("-", 503)]
     finally:
         lb.stop(timeout=5)
