@@ -26,8 +26,14 @@ def write(tmp_path: Path):
 # were tried (the image tests, niced): they slowed the lab's guests' boots from ~20 s to ~50 s
 # and the autoscaler's tests failed. So did building the Debian image beside them (nice 19,
 # idle I/O): no time gained, and a local-cloud instance then booted too late for its test.
+# The exception is the marker `alongside`: system tests that boot no guest and use only
+# namespaces (named with a random tag) and loopback ports of their own (the tunnels, the
+# balancer, the SSH runner, the browser); a third process runs them, not niced, since they
+# wait on timers more than they compute.
 @pytest.hookimpl(tryfirst=True)     # before -m selects on it
 def pytest_collection_modifyitems(config, items):
     for item in items:
+        if item.get_closest_marker("alongside") is not None:
+            continue
         if "tests/system/" in item.path.as_posix() or "lab" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.serial)

@@ -29,7 +29,8 @@ from elastic.adapters.balancer import LogReader, Nginx, nginx_conf, parse_log
 from elastic.adapters.run import run, spawn
 from tests.system.waiting import wait_for
 
-pytestmark = pytest.mark.system
+# alongside: only namespaces and loopback ports of its own, no guests (see tests/conftest.py)
+pytestmark = [pytest.mark.system, pytest.mark.alongside]
 
 BUSYBOX = "/bin/busybox"
 PORT = 8080

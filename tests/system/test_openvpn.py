@@ -25,7 +25,8 @@ from elastic.spec.schema import VpnBlock
 from elastic.state import Store
 from tests.system.waiting import wait_for
 
-pytestmark = pytest.mark.system
+# alongside: only namespaces and loopback ports of its own, no guests (see tests/conftest.py)
+pytestmark = [pytest.mark.system, pytest.mark.alongside]
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "contextualization" / "elastic-vpn.sh"

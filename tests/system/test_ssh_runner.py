@@ -18,7 +18,8 @@ from elastic.adapters.keys import ensure_key
 from elastic.adapters.run import SSH, CommandFailed, CommandTimeout
 from elastic.errors import PermanentError, TransientError
 
-pytestmark = pytest.mark.system
+# alongside: only namespaces and loopback ports of its own, no guests (see tests/conftest.py)
+pytestmark = [pytest.mark.system, pytest.mark.alongside]
 
 
 def _missing() -> list[str]:

@@ -20,7 +20,8 @@ from elastic.lifecycle import State
 from elastic.server.page import COLOURS
 from elastic.state import Store
 
-pytestmark = pytest.mark.system
+# alongside: only namespaces and loopback ports of its own, no guests (see tests/conftest.py)
+pytestmark = [pytest.mark.system, pytest.mark.alongside]
 
 TIMEOUT = 60.0
 WIDTH, HEIGHT = 1200, 1600

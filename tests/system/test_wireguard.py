@@ -16,7 +16,8 @@ from elastic.adapters import net
 from elastic.adapters.run import run
 from elastic.adapters.vpn import KeyStore, WireGuard, overlay_addresses
 
-pytestmark = pytest.mark.system
+# alongside: only namespaces and loopback ports of its own, no guests (see tests/conftest.py)
+pytestmark = [pytest.mark.system, pytest.mark.alongside]
 
 
 def _ping(ns: str, address: str) -> bool:
