@@ -59,5 +59,6 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 extras="libvirt,lab,cloud,serve,test"
 log "installing elastic[$extras] into .venv"
-.venv/bin/python -m pip install -q -e ".[$extras]"
+# --no-compile: the .pyc files are written at first import instead (saves ~30 s here)
+.venv/bin/python -m pip install -q --no-compile -e ".[$extras]"
 log "done in $(( $(date +%s) - t0 )) s; run: .venv/bin/elastic --help"
