@@ -591,8 +591,7 @@ class Cluster:
                                host=dst_spec.name)
         # each node's disks go from the host it does not run on, and a host's bridges of
         # this chunk go once none of its nodes is left there
-        split = {n.name for n in on_dst}
-        ends_on_dst = {n.name for n in nodes if not errors or n.name in split}
+        ends_on_dst = {n.name for n in nodes if not errors or n.name in back_errors}
         for node in nodes:
             for vol in volume_names(node):
                 (src if node.name in ends_on_dst else dst).delete_volume(vol)
